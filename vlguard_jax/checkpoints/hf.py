@@ -1,0 +1,172 @@
+"""Load any supported Hugging Face LLaVA checkpoint into the Flax model; save it back in llava-hf layout.
+
+Loading is streamed: the model is built abstractly (`nnx.eval_shape`, nothing allocated), then each parameter
+is read, cast, stacked over layers and placed on its device sharding before the next is read, so host memory
+peaks near one model plus one stacked parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from vlguard_jax.checkpoints import names
+from vlguard_jax.checkpoints.tensors import CheckpointError, TensorFile, atomic_write_text, open_tensor_files, \
+    write_sharded
+from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.llava import LlavaForConditionalGeneration
+from vlguard_jax.parallel import LOGICAL_RULES, variable_sharding
+
+
+@dataclasses.dataclass
+class ResolvedCheckpoint:
+    """A checkpoint seen through the canonical (llava-hf on-disk) names, whatever its layout."""
+
+    config: LlavaConfig
+    tensors: dict[str, tuple[TensorFile, str]]  # canonical name → (file, name in that file)
+    config_path: Path
+    adapt: Callable[[str, np.ndarray], np.ndarray] = lambda name, array: array  # layout-specific fix-ups
+
+
+def read_config(path: str | os.PathLike) -> tuple[Path, dict]:
+    config_path = Path(path) / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"{config_path} not found: pass the checkpoint directory that holds config.json")
+    return config_path, json.loads(config_path.read_text())
+
+
+def resolve_checkpoint(path: str | os.PathLike, vision_tower: str | os.PathLike | None = None) -> ResolvedCheckpoint:
+    config_path, config = read_config(path)
+    model_type = config.get("model_type")
+    if model_type == "llava":
+        try:
+            llava_config = LlavaConfig.from_hf(config)
+        except ValueError as e:
+            raise CheckpointError(f"{config_path}: {e}") from e
+        tensors: dict[str, tuple[TensorFile, str]] = {}
+        for key, tensor_file in open_tensor_files(path).items():
+            if not names.IGNORED.search(key):
+                add_tensor(tensors, names.canonical_llava_hf(key), tensor_file, key)
+        return ResolvedCheckpoint(llava_config, tensors, config_path)
+    if model_type == "llava_llama":
+        from vlguard_jax.checkpoints.original import resolve_original
+
+        return resolve_original(Path(path), config_path, config, vision_tower)
+    raise CheckpointError(
+        f"{config_path}: model_type {model_type!r} is not supported; supported are 'llava' (llava-hf layout) and "
+        f"'llava_llama' (original LLaVA, loaded with vision_tower=CLIP_DIR)"
+    )
+
+
+def add_tensor(tensors: dict, canonical: str, tensor_file: TensorFile, key: str) -> None:
+    if canonical in tensors:
+        other_file, other_key = tensors[canonical]
+        raise CheckpointError(
+            f"{tensor_file.path}: '{key}' and '{other_key}' ({other_file.path}) are the same parameter in two "
+            f"layouts; keep one copy of the weights in the directory"
+        )
+    tensors[canonical] = (tensor_file, key)
+
+
+def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
+                    vision_tower: str | os.PathLike | None = None, mesh: Mesh | None = None,
+                    rules=LOGICAL_RULES, remat: str = "none") -> LlavaForConditionalGeneration:
+    """Reads a local LLaVA checkpoint directory (any layout of REFERENCE §2) into the Flax model.
+
+    `dtype` is the compute dtype; parameters are stored in `param_dtype` (default: `dtype`). With a `mesh`, each
+    parameter lands directly on its sharding from the logical-axis `rules`.
+    """
+    resolved = resolve_checkpoint(path, vision_tower)
+    return build_model(resolved, dtype=dtype, param_dtype=param_dtype or dtype, mesh=mesh, rules=rules, remat=remat)
+
+
+def build_model(resolved: ResolvedCheckpoint, *, dtype, param_dtype, mesh: Mesh | None, rules,
+                remat: str) -> LlavaForConditionalGeneration:
+    abstract = nnx.eval_shape(lambda: LlavaForConditionalGeneration(
+        resolved.config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    flat = nnx.to_flat_state(state)
+    expected = {path: _names_of(path, var) for path, var in flat}
+    _check_names({n for ns in expected.values() for n in ns}, resolved)
+    loaded = []
+    for path, var in flat:
+        host = np.empty(var.shape, jnp.dtype(var.dtype))
+        stacked = "layers" in path
+        for i, name in enumerate(expected[path]):
+            if stacked:
+                host[i] = _read(resolved, name, var.shape[1:])
+            else:
+                host[...] = _read(resolved, name, var.shape)
+        sharding = None if mesh is None else variable_sharding(var, mesh, rules)
+        loaded.append((path, var.replace(jax.device_put(host, sharding))))
+        del host
+    return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+
+
+def _names_of(path: tuple, var) -> list[str]:
+    return names.hf_names([str(p) for p in path], var.shape[0] if "layers" in path else None)
+
+
+def _check_names(expected: set[str], resolved: ResolvedCheckpoint) -> None:
+    missing = sorted(expected - resolved.tensors.keys())
+    unexpected = sorted(resolved.tensors.keys() - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+        raise CheckpointError(
+            f"{resolved.config_path.parent}: the weights do not match {resolved.config_path.name} "
+            f"({'; '.join(parts)}). Use the config.json that came with these weights."
+        )
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _read(resolved: ResolvedCheckpoint, name: str, our_shape: tuple[int, ...]) -> np.ndarray:
+    tensor_file, key = resolved.tensors[name]
+    kind = names.param_path(name)[2]
+    array = resolved.adapt(name, tensor_file.read(key))
+    expected = names.torch_shape(kind, our_shape)
+    if tuple(array.shape) != expected:
+        raise CheckpointError(
+            f"{tensor_file.path}: tensor '{key}' has shape {tuple(array.shape)} but {resolved.config_path} implies "
+            f"{expected}; the weights and config.json disagree: use the config.json that came with these weights"
+        )
+    return names.to_ours(kind, array)
+
+
+def save_pretrained(model: LlavaForConditionalGeneration, path: str | os.PathLike, *, dtype=None,
+                    max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Writes llava-hf on-disk layout (safetensors shards + config.json) that transformers loads as is."""
+    path = Path(path)
+    hf_config = model.config.to_hf()  # fails early for configs llava-hf cannot express
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    out_dtype = None if dtype is None else jnp.dtype(dtype)
+
+    def tensors():
+        for param_path, var in flat:
+            value = var[...]
+            for i, name in enumerate(_names_of(param_path, var)):
+                array = np.asarray(value[i] if "layers" in param_path else value)
+                if out_dtype is not None:
+                    array = array.astype(out_dtype)
+                yield name, names.to_torch(names.param_path(name)[2], array)
+
+    write_sharded(tensors(), path, max_shard_bytes)
+    stored = out_dtype or jnp.dtype(flat[0][1].dtype)
+    atomic_write_text(path / "config.json", json.dumps({**hf_config, "dtype": str(stored)}, indent=2))
+    return path

@@ -1,0 +1,225 @@
+"""Typed model configs, read from and written back to Hugging Face `config.json` dictionaries.
+
+Every numerical fact the model needs (norm eps, RoPE theta, feature layer, …) is read from the checkpoint's
+own config: library defaults differ from the values LLaVA was trained with (e.g. RMSNorm eps 1e-6 vs 1e-5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """CLIP ViT vision tower."""
+
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_layers: int = 24
+    num_heads: int = 16
+    image_size: int = 336
+    patch_size: int = 14
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "quick_gelu"
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> VisionConfig:
+        return cls(
+            hidden_size=d.get("hidden_size", 768),
+            intermediate_size=d.get("intermediate_size", 3072),
+            num_layers=d.get("num_hidden_layers", 12),
+            num_heads=d.get("num_attention_heads", 12),
+            image_size=d.get("image_size", 224),
+            patch_size=d.get("patch_size", 32),
+            num_channels=d.get("num_channels", 3),
+            layer_norm_eps=d.get("layer_norm_eps", 1e-5),
+            hidden_act=d.get("hidden_act", "quick_gelu"),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        return {
+            "model_type": "clip_vision_model",
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "num_channels": self.num_channels,
+            "layer_norm_eps": self.layer_norm_eps,
+            "hidden_act": self.hidden_act,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """LLaMA-family decoder (LLaMA-2 / Vicuna, and GQA variants)."""
+
+    vocab_size: int = 32064
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, Any], ...] = ()  # sorted items of HF rope_parameters beyond type/theta
+    rope_type: str = "default"
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    pad_token_id: int | None = None
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> TextConfig:
+        num_heads = d.get("num_attention_heads", 32)
+        hidden = d.get("hidden_size", 4096)
+        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
+        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ValueError(
+                f"rope type {rope_type!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+            )
+        eos = d.get("eos_token_id", 2)
+        return cls(
+            vocab_size=d.get("vocab_size", 32000),
+            hidden_size=hidden,
+            intermediate_size=d.get("intermediate_size", 11008),
+            num_layers=d.get("num_hidden_layers", 32),
+            num_heads=num_heads,
+            num_kv_heads=d.get("num_key_value_heads") or num_heads,
+            head_dim=d.get("head_dim") or hidden // num_heads,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_type=rope_type,
+            rope_scaling=tuple(sorted(rope.items())),
+            max_position_embeddings=d.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            attention_bias=bool(d.get("attention_bias", False)),
+            mlp_bias=bool(d.get("mlp_bias", False)),
+            hidden_act=d.get("hidden_act", "silu"),
+            bos_token_id=d.get("bos_token_id", 1),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            pad_token_id=d.get("pad_token_id"),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        return {
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_parameters": {"rope_type": self.rope_type, "rope_theta": self.rope_theta, **dict(self.rope_scaling)},
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias,
+            "hidden_act": self.hidden_act,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class LlavaConfig:
+    """The whole vision-language model: tower, projector, decoder and how they are glued."""
+
+    vision: VisionConfig = VisionConfig()
+    text: TextConfig = TextConfig()
+    projector_type: str = "mlp2x_gelu"  # "linear" or "mlp{N}x_gelu"
+    projector_bias: bool = True
+    image_token_id: int = 32000
+    vision_feature_layer: int = -2
+    vision_feature_select_strategy: str = "default"  # "default" drops the class token, "full" keeps it
+
+    def __post_init__(self):
+        if self.vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(
+                f"vision_feature_select_strategy must be 'default' or 'full', got "
+                f"{self.vision_feature_select_strategy!r}"
+            )
+        if not isinstance(self.vision_feature_layer, int):
+            raise ValueError(
+                f"vision_feature_layer must be one integer (a list of layers is not supported), got "
+                f"{self.vision_feature_layer!r}"
+            )
+        if not -(self.vision.num_layers + 1) <= self.vision_feature_layer <= self.vision.num_layers:
+            raise ValueError(
+                f"vision_feature_layer {self.vision_feature_layer} is out of range for a "
+                f"{self.vision.num_layers}-layer vision tower"
+            )
+        self.projector_depth  # validates projector_type
+
+    @property
+    def projector_depth(self) -> int:
+        if self.projector_type == "linear":
+            return 1
+        if self.projector_type.startswith("mlp") and self.projector_type.endswith("x_gelu"):
+            return int(self.projector_type[3:-6])
+        raise ValueError(f"projector type {self.projector_type!r} is not supported (use 'linear' or 'mlp2x_gelu')")
+
+    @property
+    def feature_layer_index(self) -> int:
+        """Index into the tower's hidden states (embeddings first), i.e. how many layers LLaVA runs."""
+        n = self.vision.num_layers + 1
+        return self.vision_feature_layer % n
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision.num_patches + (self.vision_feature_select_strategy == "full")
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> LlavaConfig:
+        """From a llava-hf `config.json` (model_type "llava")."""
+        act = d.get("projector_hidden_act", "gelu")
+        if act != "gelu":
+            raise ValueError(f"projector_hidden_act {act!r} is not supported (LLaVA uses 'gelu')")
+        return cls(
+            vision=VisionConfig.from_hf(d.get("vision_config") or {}),
+            text=TextConfig.from_hf(d.get("text_config") or {}),
+            projector_type="mlp2x_gelu",
+            projector_bias=bool(d.get("multimodal_projector_bias", True)),
+            image_token_id=d.get("image_token_id", d.get("image_token_index", 32000)),
+            vision_feature_layer=d.get("vision_feature_layer", -2),
+            vision_feature_select_strategy=d.get("vision_feature_select_strategy", "default"),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """A llava-hf `config.json` that `transformers.LlavaConfig` reads back to the same model."""
+        if self.projector_type != "mlp2x_gelu":
+            raise ValueError(
+                f"the llava-hf layout only represents the 'mlp2x_gelu' projector, not {self.projector_type!r}"
+            )
+        return {
+            "architectures": ["LlavaForConditionalGeneration"],
+            "model_type": "llava",
+            "vision_config": self.vision.to_hf(),
+            "text_config": self.text.to_hf(),
+            "image_token_index": self.image_token_id,
+            "image_seq_length": self.num_image_tokens,
+            "projector_hidden_act": "gelu",
+            "multimodal_projector_bias": self.projector_bias,
+            "vision_feature_layer": self.vision_feature_layer,
+            "vision_feature_select_strategy": self.vision_feature_select_strategy,
+            "tie_word_embeddings": self.text.tie_word_embeddings,
+        }

@@ -1,0 +1,140 @@
+"""Building blocks shared by the vision tower and the decoder.
+
+Parameters carry logical axis names (`out_sharding` metadata, eager sharding off): the mesh placement is decided
+later from one rules table (`vlguard_jax.parallel`), so the same module runs on one CPU or a TPU pod.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": jax.nn.silu,
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu" is the exact erf form
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+    return ACTIVATIONS[name]
+
+
+def param(rngs: nnx.Rngs, init, shape, dtype, axes: Axes) -> nnx.Param:
+    return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=axes, eager_sharding=False)
+
+
+class Linear(nnx.Module):
+    """`y = x @ kernel + bias` with kernel `[in, out]` (the transpose of torch's `Linear.weight`)."""
+
+    def __init__(self, in_features: int, out_features: int, axes: Axes, *, use_bias: bool, dtype, param_dtype,
+                 rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.kernel = param(rngs, nnx.initializers.lecun_normal(), (in_features, out_features), param_dtype, axes)
+        self.bias = param(rngs, nnx.initializers.zeros, (out_features,), param_dtype, axes[1:]) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """LLaMA RMSNorm: normalise in fp32, cast back, then scale (the order matters for bf16 parity)."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, nnx.initializers.ones, (dim,), param_dtype, ("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * x32.astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm computed in fp32 (as torch does under autocast)."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, nnx.initializers.ones, (dim,), param_dtype, ("norm",))
+        self.bias = param(rngs, nnx.initializers.zeros, (dim,), param_dtype, ("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rngs) -> nnx.Module:
+    """One module whose every parameter has a leading `layers` axis, so depth costs no compile time."""
+
+    @nnx.split_rngs(splits=num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(layer_rngs: nnx.Rngs) -> nnx.Module:
+        return make_layer(layer_rngs)
+
+    return make(rngs)
+
+
+def scan_layers(layers: nnx.Module, body: Callable, carry, xs=None, *, remat: str = "none",
+                num_layers: int | None = None):
+    """Runs `body(layer, carry, x) -> (carry, y)` over the first `num_layers` stacked layers with `lax.scan`.
+
+    The layers are split into a pure state and merged per step (graph-mode `nnx.scan` breaks under `jax.grad`
+    of a trainable sub-state); `remat` names a `jax.checkpoint` policy from `REMAT_POLICIES`.
+    """
+    graphdef, state = nnx.split(layers)
+    if num_layers is not None:
+        state = jax.tree.map(lambda a: a[:num_layers], state)
+
+    def step(c, inputs):
+        layer_state, x = inputs
+        return body(nnx.merge(graphdef, layer_state), c, x)
+
+    if remat != "none":
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat policy {remat!r} is unknown (known: {', '.join(REMAT_POLICIES)})")
+        step = jax.checkpoint(step, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    return jax.lax.scan(step, carry, (state, xs))
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Scaled dot-product attention, `[batch, len, heads, head_dim]` layout, native grouped-query heads.
+
+    `mask` is boolean `[batch, 1, q_len, kv_len]` (True = attend). Rows with no key to attend return the mean of
+    `v` rather than NaN; such positions are padding and carry no loss.
+    """
+    return jax.nn.dot_product_attention(q, k, v, mask=mask)
+
+
+class Embedding(nnx.Module):
+    """A lookup table `[num, dim]`; `attend` gives logits against it (tied output embeddings)."""
+
+    def __init__(self, num: int, dim: int, axes: Axes, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.embedding = param(rngs, nnx.initializers.normal(0.02), (num, dim), param_dtype, axes)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)

@@ -1,0 +1,175 @@
+"""LLaMA-family decoder: RMSNorm, rotate-half RoPE, SwiGLU, grouped-query attention, optional KV cache.
+
+The cache is an explicit pytree (`KVCache`) threaded through `lax.scan` with the layers, so prefill and every
+decode step are pure functions that `generate` can jit once and run inside `lax.while_loop`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vlguard_jax.models.config import TextConfig
+from vlguard_jax.models.layers import Embedding, Linear, RMSNorm, activation, attention, scan_layers, stacked
+from vlguard_jax.parallel import constrain
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, `[layers, batch, max_len, kv_heads, head_dim]`."""
+
+    k: jax.Array
+    v: jax.Array
+
+    @classmethod
+    def zeros(cls, cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def rope_inv_freq(cfg: TextConfig) -> np.ndarray:
+    """Inverse frequencies of the rotary embedding, including the `linear` and `llama3` rescalings."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    extra = dict(cfg.rope_scaling)
+    if cfg.rope_type == "linear":
+        inv_freq = inv_freq / extra["factor"]
+    elif cfg.rope_type == "llama3":
+        factor, low, high = extra["factor"], extra["low_freq_factor"], extra["high_freq_factor"]
+        old_len = extra["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = np.where(medium, smoothed, scaled)
+    return inv_freq.astype(np.float32)
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray, dtype) -> tuple[jax.Array, jax.Array]:
+    """`[batch, len]` positions → cos, sin `[batch, len, 1, head_dim]` (computed in fp32, then cast)."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half convention (halves, not interleaved pairs), as HF LLaMA weights expect."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+def causal_mask(attention_mask: jax.Array, query_len: int, offset: jax.Array | int) -> jax.Array:
+    """`[batch, 1, q, kv]`: query i (at cache slot `offset + i`) sees valid keys at slots ≤ its own."""
+    q_slots = offset + jnp.arange(query_len)
+    k_slots = jnp.arange(attention_mask.shape[1])
+    causal = k_slots[None, :] <= q_slots[:, None]
+    return causal[None, None] & attention_mask[:, None, None, :].astype(bool)
+
+
+class LlamaAttention(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        kw = dict(use_bias=cfg.attention_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.q_proj = Linear(d, q, ("embed", "heads"), **kw)
+        self.k_proj = Linear(d, kv, ("embed", "kv"), **kw)
+        self.v_proj = Linear(d, kv, ("embed", "kv"), **kw)
+        self.o_proj = Linear(q, d, ("heads", "embed"), **kw)
+
+    def __call__(self, x, cos, sin, mask, kv_cache, offset):
+        b, t, _ = x.shape
+        q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if kv_cache is not None:
+            k_cache, v_cache = kv_cache
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, offset, 0, 0))
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, offset, 0, 0))
+            kv_cache = (k_cache, v_cache)
+            k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
+        out = attention(q, k, v, mask)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), kv_cache
+
+
+class LlamaMLP(nnx.Module):
+    """SwiGLU: `down(act(gate x) * up x)`."""
+
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(use_bias=cfg.mlp_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.act = activation(cfg.hidden_act)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), **kw)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), **kw)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.self_attn = LlamaAttention(cfg, **kw)
+        self.mlp = LlamaMLP(cfg, **kw)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype,
+                                                rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask, kv_cache, offset):
+        attn_out, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, offset)
+        x = constrain(x + attn_out, ("batch", "length", "embed"))
+        x = constrain(x + self.mlp(self.post_attention_layernorm(x)), ("batch", "length", "embed"))
+        return x, kv_cache
+
+
+class LlamaModel(nnx.Module):
+    """The decoder body (HF `LlamaModel`): embeddings, stacked layers, final norm."""
+
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, remat: str, rngs: nnx.Rngs):
+        self.config = cfg
+        self.dtype = dtype
+        self.remat = remat
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), dtype=dtype,
+                                      param_dtype=param_dtype, rngs=rngs)
+        self.layers = stacked(lambda r: LlamaDecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r),
+                              cfg.num_layers, rngs)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, inputs_embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array,
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0):
+        """Final normed hidden states `[batch, len, d]` and the updated cache (None without one).
+
+        `attention_mask` is `[batch, kv_len]`: over the input itself, or over every cache slot when a cache is
+        given (the new tokens are written at `cache_index`).
+        """
+        cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config), self.dtype)
+        mask = causal_mask(attention_mask, inputs_embeds.shape[1], cache_index)
+        x = constrain(inputs_embeds.astype(self.dtype), ("batch", "length", "embed"))
+
+        def body(layer, h, kv):
+            return layer(h, cos, sin, mask, kv, cache_index)
+
+        x, new_kv = scan_layers(self.layers, body, x, None if cache is None else (cache.k, cache.v),
+                                remat=self.remat)
+        return self.norm(x), None if cache is None else KVCache(*new_kv)
+
+
+class LlamaForCausalLM(nnx.Module):
+    """Decoder plus output projection (`lm_head`, or the input embeddings when tied)."""
+
+    def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
+                 rngs: nnx.Rngs):
+        self.config = cfg
+        self.model = LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(
+            cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dtype,
+            param_dtype=param_dtype, rngs=rngs)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        if self.lm_head is None:
+            return self.model.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)

@@ -1,0 +1,100 @@
+"""LLaVA: CLIP tower → MLP projector → LLaMA decoder, with image features spliced over image-token positions.
+
+Input ids follow the Hugging Face convention: each image occupies `config.num_image_tokens` copies of
+`config.image_token_id`, and the features of the images in `pixel_values` fill those positions in row-major
+(batch, position) order. Text-only rows simply contain no image tokens, so one batch may mix both.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vlguard_jax.models.clip import ClipVisionTower
+from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.layers import Linear, activation
+from vlguard_jax.models.llama import KVCache, LlamaForCausalLM
+
+
+class Projector(nnx.Module):
+    """`linear` or `mlp{N}x_gelu`: `linear_1 → gelu → linear_2 …` (HF `multi_modal_projector`)."""
+
+    def __init__(self, cfg: LlavaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.depth = cfg.projector_depth
+        self.act = activation("gelu")
+        d_in = cfg.vision.hidden_size
+        d_out = cfg.text.hidden_size
+        for i in range(1, self.depth + 1):
+            layer = Linear(d_in if i == 1 else d_out, d_out, ("embed", "mlp") if i == 1 else ("mlp", "embed"),
+                           use_bias=cfg.projector_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            setattr(self, f"linear_{i}", layer)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(1, self.depth + 1):
+            x = getattr(self, f"linear_{i}")(x if i == 1 else self.act(x))
+        return x
+
+
+def splice_image_features(embeds: jax.Array, is_image: jax.Array, features: jax.Array) -> jax.Array:
+    """Overwrites image-token positions with `features` `[images, tokens, d]`, in row-major order."""
+    flat = features.reshape(-1, features.shape[-1]).astype(embeds.dtype)
+    index = jnp.cumsum(is_image.reshape(-1)) - 1
+    gathered = jnp.take(flat, jnp.clip(index, 0, flat.shape[0] - 1), axis=0).reshape(embeds.shape)
+    return jnp.where(is_image[..., None], gathered, embeds)
+
+
+class LlavaForConditionalGeneration(nnx.Module):
+    """Attribute names mirror the llava-hf checkpoint layout, so conversion is a rename-and-transpose table."""
+
+    def __init__(self, config: LlavaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
+                 rngs: nnx.Rngs):
+        self.config = config
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.vision_tower = ClipVisionTower(config.vision, remat=remat, **kw)
+        self.multi_modal_projector = Projector(config, **kw)
+        self.language_model = LlamaForCausalLM(config.text, remat=remat, **kw)
+
+    def image_features(self, pixel_values: jax.Array) -> jax.Array:
+        """`[images, 3, H, W]` → projected features `[images, num_image_tokens, d_text]`."""
+        hidden = self.vision_tower(pixel_values, self.config.feature_layer_index)
+        if self.config.vision_feature_select_strategy == "default":
+            hidden = hidden[:, 1:]
+        return self.multi_modal_projector(hidden)
+
+    def embed(self, input_ids: jax.Array, pixel_values: jax.Array | None = None) -> jax.Array:
+        is_image = input_ids == self.config.image_token_id
+        embeds = self.language_model.model.embed_tokens(jnp.where(is_image, 0, input_ids))
+        if pixel_values is None:
+            return embeds
+        if not isinstance(input_ids, jax.core.Tracer):
+            _check_image_tokens(int(is_image.sum()), pixel_values.shape[0], self.config.num_image_tokens)
+        return splice_image_features(embeds, is_image, self.image_features(pixel_values))
+
+    def __call__(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
+                 attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0):
+        """Logits `[batch, len, vocab]`; with a `cache`, the pair `(logits, updated cache)`.
+
+        Without `positions`, position ids are `cache_index + arange(len)` (what HF's forward uses);
+        left-padded generation passes positions counted over the attention mask instead.
+        """
+        batch, length = input_ids.shape
+        if attention_mask is None:
+            if cache is not None:
+                raise ValueError("a cache needs an attention_mask over all of its slots")
+            attention_mask = jnp.ones((batch, length), bool)
+        if positions is None:
+            positions = jnp.broadcast_to(cache_index + jnp.arange(length), (batch, length))
+        hidden, cache = self.language_model.model(self.embed(input_ids, pixel_values), positions, attention_mask,
+                                                  cache, cache_index)
+        logits = self.language_model.logits(hidden)
+        return logits if cache is None else (logits, cache)
+
+
+def _check_image_tokens(num_tokens: int, num_images: int, per_image: int) -> None:
+    if num_tokens != num_images * per_image:
+        raise ValueError(
+            f"input_ids hold {num_tokens} image tokens but {num_images} images need {num_images * per_image} "
+            f"({per_image} each): expand each <image> to {per_image} image tokens, as the LLaVA processor does"
+        )

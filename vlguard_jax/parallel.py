@@ -1,0 +1,71 @@
+"""Device mesh and the one table that maps logical axis names to mesh axes.
+
+Parameters and key activations name their axes logically (`embed`, `mlp`, `heads`, …); `LOGICAL_RULES`
+decides where each lands on the `("data", "fsdp", "tensor")` mesh. The same model code then runs on one CPU,
+8 virtual devices, a GPU node or a TPU pod.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("layers", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", "tensor"),
+    ("vocab", "tensor"),
+    ("norm", None),
+)
+
+
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A `("data", "fsdp", "tensor")` mesh; the sizes must multiply to the number of devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    if data * fsdp * tensor != len(devices):
+        raise ValueError(
+            f"mesh data={data} × fsdp={fsdp} × tensor={tensor} = {data * fsdp * tensor} does not match the "
+            f"{len(devices)} available devices"
+        )
+    grid = np.asarray(devices).reshape(data, fsdp, tensor)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def logical_to_spec(axes: Sequence[str | None], rules=LOGICAL_RULES) -> PartitionSpec:
+    table = dict(rules)
+    return PartitionSpec(*(None if a is None else table.get(a) for a in axes))
+
+
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drops mesh axes from dimensions they do not divide (e.g. 8 KV heads over tensor=16) instead of failing."""
+    fitted = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        size = math.prod(mesh.shape[n] for n in names)
+        fitted.append(entry if names and dim % size == 0 else None)
+    return PartitionSpec(*fitted)
+
+
+def variable_sharding(variable: Any, mesh: Mesh, rules=LOGICAL_RULES) -> NamedSharding:
+    """Placement of one `nnx.Variable` from its `out_sharding` logical-axis metadata."""
+    axes = variable.get_metadata().get("out_sharding") or ()
+    shape = variable.shape
+    return NamedSharding(mesh, fit_spec(logical_to_spec(axes, rules), shape, mesh))
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None], rules=LOGICAL_RULES) -> jax.Array:
+    """Sharding constraint by logical axes under `jax.set_mesh(mesh)`; a no-op when no mesh is set."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, fit_spec(logical_to_spec(axes, rules), x.shape, mesh))
