@@ -120,3 +120,67 @@ def hf_logits(model, ids, mask, pixels) -> np.ndarray:
 
 def write_config(path: Path, config: dict) -> None:
     path.write_text(json.dumps(config, indent=2))
+
+
+BASE_VOCAB = IMAGE_TOKEN  # the original LLaVA vocabulary stops where llava-hf's added <image> token starts
+
+
+def original_twin(variant: str = "mha", seed: int = 0):
+    """A llava-hf model whose added vocabulary rows are the mean of the base rows, as the conversion makes them."""
+    model = build_hf(variant, seed)
+    with torch.no_grad():
+        for table in (model.model.language_model.embed_tokens.weight, model.lm_head.weight):
+            table[BASE_VOCAB:] = table[:BASE_VOCAB].mean(0, keepdim=True)
+    return model
+
+
+def tiny_tokenizer(directory: Path) -> None:
+    """A word-level tokenizer with the base vocabulary: `<unk>`, `<s>`, `</s>`, then `w3` … `w99`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, BASE_VOCAB)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(directory)
+
+
+def save_original(model: LlavaForConditionalGeneration, directory: Path) -> tuple[Path, Path]:
+    """The original LLaVA layout (REFERENCE §2c) as sharded `.bin` files, plus a separate full-CLIP directory."""
+    llava_dir, clip_dir = directory / "llava", directory / "clip"
+    llava_dir.mkdir(parents=True)
+    clip_dir.mkdir(parents=True)
+    cfg = model.config
+    text = cfg.text_config.to_dict()
+    text.update(model_type="llava_llama", vocab_size=BASE_VOCAB, mm_vision_tower="openai/clip-vit-large-patch14-336",
+                mm_hidden_size=cfg.vision_config.hidden_size, mm_projector_type="mlp2x_gelu",
+                mm_vision_select_layer=cfg.vision_feature_layer, image_aspect_ratio="pad",
+                mm_vision_select_feature={"default": "patch", "full": "cls_patch"}[cfg.vision_feature_select_strategy])
+    write_config(llava_dir / "config.json", text)
+    write_config(clip_dir / "config.json", {"model_type": "clip", "vision_config": cfg.vision_config.to_dict(),
+                                            "text_config": {}})
+    llm, clip = {}, {"logit_scale": torch.tensor(1.0), "text_model.embeddings.token_embedding.weight": torch.ones(4, 2)}
+    for key, value in model.state_dict().items():
+        value = value.clone()
+        if key.startswith("model.vision_tower."):
+            clip["vision_model." + key[len("model.vision_tower."):]] = value
+        elif key.startswith("model.multi_modal_projector.linear_"):
+            index = (int(key.split("linear_")[1][0]) - 1) * 2
+            llm[f"model.mm_projector.{index}.{key.rsplit('.', 1)[1]}"] = value
+        elif key.startswith("model.language_model."):
+            llm["model." + key[len("model.language_model."):]] = value
+        else:
+            llm[key] = value
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        llm[key] = llm[key][:BASE_VOCAB].clone()
+    keys = sorted(llm)
+    halves = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+              "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2:]}
+    for name, part in halves.items():
+        torch.save({k: llm[k] for k in part}, llava_dir / name)
+    write_config(llava_dir / "pytorch_model.bin.index.json",
+                 {"metadata": {}, "weight_map": {k: name for name, part in halves.items() for k in part}})
+    save_file(clip, str(clip_dir / "model.safetensors"), metadata={"format": "pt"})
+    tiny_tokenizer(llava_dir)
+    return llava_dir, clip_dir

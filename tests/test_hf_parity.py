@@ -83,3 +83,11 @@ def test_bf16_load_casts_and_stays_close(tmp_path):
     valid = mask.astype(bool)
     rel = np.abs(ours[valid] - ref[valid]).max() / np.abs(ref[valid]).max()
     assert rel < 0.05, rel
+
+
+def test_image_token_count_mismatch_is_explained(tmp_path):
+    hf = build_hf("mha")
+    ids, mask, pixels = mixed_batch(hf.config)
+    model = vlguard_jax.load_pretrained(save_layout(hf, tmp_path, "hf_save"))
+    with pytest.raises(ValueError, match=r"hold 8 image tokens but 3 images need 12 \(4 each\): expand each <image>"):
+        model(jnp.asarray(ids), jnp.asarray(np.concatenate([pixels, pixels[:1]])), jnp.asarray(mask))

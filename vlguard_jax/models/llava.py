@@ -67,7 +67,7 @@ class LlavaForConditionalGeneration(nnx.Module):
         embeds = self.language_model.model.embed_tokens(jnp.where(is_image, 0, input_ids))
         if pixel_values is None:
             return embeds
-        if not isinstance(input_ids, jax.core.Tracer):
+        if not isinstance(is_image, jax.core.Tracer):  # checked when eager; jitted callers validate upstream
             _check_image_tokens(int(is_image.sum()), pixel_values.shape[0], self.config.num_image_tokens)
         return splice_image_features(embeds, is_image, self.image_features(pixel_values))
 
