@@ -1,0 +1,1 @@
+"""Training and evaluation data: sources, mixtures, images, chat templates, the Grain pipeline."""

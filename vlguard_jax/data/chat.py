@@ -1,0 +1,183 @@
+"""Prompt templates, tokenization and label masks: one path for training samples and evaluation prompts.
+
+A conversation is rendered to text segments marked trained or not; the whole text is tokenized once (so tokens
+are exactly what inference sees) and a token is supervised when its first character lies in a trained segment.
+This replaces LLaVA's per-round length arithmetic, whose off-by-one "tokenization mismatch" silently masks whole
+samples. Every sample is checked: the tokens must decode back to the rendered text, and a sample with no
+supervised token is an error, never a silent all-masked sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from vlguard_jax.data.sources import IMAGE_PLACEHOLDER, Conversation, DataError, Turn
+
+IGNORE = -100
+
+_VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+_LLAVA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+_LLAMA2_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content "
+                  "that the user provides, and assist the user with a variety of tasks using natural language.")
+TEMPLATES = ("vicuna_v1", "llava_v1", "llama2", "tokenizer")
+
+
+class SampleError(DataError):
+    """A conversation that cannot become a training sample (too long, nothing supervised, …)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    text: str
+    trained: bool
+
+
+def render(turns: Sequence[Turn], template: str, image: bool, eos: str = "</s>",
+           add_generation_prompt: bool = False, tokenizer=None) -> list[Segment]:
+    """Renders turns as LLaVA's conversation templates do (REFERENCE §3); answers and their EOS are trained.
+
+    `<image>\\n` opens the first user turn when the sample has an image. With `add_generation_prompt` the text
+    ends where the model's answer starts (e.g. `… ASSISTANT:`).
+    """
+    turns = list(turns)
+    if image:
+        turns[0] = Turn(turns[0].role, f"{IMAGE_PLACEHOLDER}\n{turns[0].text}")
+    if template in ("vicuna_v1", "llava_v1"):
+        return _render_two_sep(turns, _VICUNA_SYSTEM if template == "vicuna_v1" else _LLAVA_SYSTEM, eos)
+    if template == "llama2":
+        return _render_llama2(turns, eos)
+    if template == "tokenizer":
+        return _render_chat_template(turns, tokenizer, add_generation_prompt)
+    raise ValueError(f"unknown chat template {template!r}; known: {', '.join(TEMPLATES)}")
+
+
+def _render_two_sep(turns: list[Turn], system: str, eos: str) -> list[Segment]:
+    """`SYSTEM USER: q ASSISTANT: a</s>USER: …`; a prompt ends with the last user turn's `ASSISTANT:`."""
+    segments = [Segment(system + " ", False)]
+    for turn in turns:
+        if turn.role == "user":
+            segments.append(Segment(f"USER: {turn.text} ASSISTANT:", False))
+        else:
+            segments.append(Segment(f" {turn.text}{eos}", True))
+    return segments
+
+
+def _render_llama2(turns: list[Turn], eos: str) -> list[Segment]:
+    """LLaVA's `llava_llama_2`: `[INST] <<SYS>>…<</SYS>>\n\nq [/INST] a </s><s>[INST] q2 [/INST] …`."""
+    segments = []
+    for i, turn in enumerate(turns):
+        if turn.role == "user":
+            text = f"<<SYS>>\n{_LLAMA2_SYSTEM}\n<</SYS>>\n\n{turn.text}" if i == 0 else turn.text
+            segments.append(Segment(("" if i == 0 else "<s>") + f"[INST] {text} [/INST]", False))
+        else:
+            segments.append(Segment(f" {turn.text} {eos}", True))
+    return segments
+
+
+def _render_chat_template(turns: list[Turn], tokenizer, add_generation_prompt: bool) -> list[Segment]:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("template 'tokenizer' needs a tokenizer that has a chat_template")
+    messages = [{"role": t.role, "content": t.text} for t in turns]
+    apply = lambda msgs, gen: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+    segments, done = [], ""
+    for i, turn in enumerate(turns):
+        if turn.role != "assistant":
+            continue
+        prompt, full = apply(messages[:i], True), apply(messages[: i + 1], False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise ValueError("the tokenizer's chat template does not render conversations prefix by prefix")
+        segments += [Segment(prompt[len(done):], False), Segment(full[len(prompt):], True)]
+        done = full
+    if add_generation_prompt or len(turns) % 2:
+        tail = apply(messages, True)
+        segments.append(Segment(tail[len(done):], False))
+    return segments
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    input_ids: np.ndarray  # int32 [len], image token expanded
+    labels: np.ndarray  # int32 [len], IGNORE where not trained
+
+
+class ChatTokenizer:
+    """Turns conversations into (input_ids, labels) and prompts into input_ids, with the model's image tokens."""
+
+    def __init__(self, tokenizer, template: str = "vicuna_v1", num_image_tokens: int = 576,
+                 max_length: int = 2048):
+        if template not in TEMPLATES:
+            raise ValueError(f"unknown chat template {template!r}; known: {', '.join(TEMPLATES)}")
+        self.tokenizer = tokenizer
+        self.template = template
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {IMAGE_PLACEHOLDER} token; use the llava-hf tokenizer "
+                             f"(vlguard-jax convert adds it)")
+
+    def segments(self, turns: Sequence[Turn], image: bool, add_generation_prompt: bool = False) -> list[Segment]:
+        return render(turns, self.template, image, self.tokenizer.eos_token, add_generation_prompt,
+                      self.tokenizer)
+
+    def encode(self, conversation: Conversation) -> Encoded:
+        """A training sample; raises SampleError (with the reason) for samples that must be skipped."""
+        segments = self.segments(conversation.turns, conversation.image is not None)
+        ids, trained = self._tokenize(segments)
+        labels = np.where(trained, ids, IGNORE).astype(np.int32)
+        ids, labels = self._expand_image(ids, labels, conversation.image is not None)
+        if not (labels != IGNORE).any():
+            raise SampleError("no supervised token (every answer was masked)")
+        if len(ids) > self.max_length:
+            raise SampleError(f"{len(ids)} tokens, more than max_length {self.max_length}")
+        return Encoded(ids, labels)
+
+    def encode_prompt(self, turns: Sequence[Turn], image: bool) -> np.ndarray:
+        """A generation prompt (ends where the answer starts), image token expanded."""
+        ids, _ = self._tokenize(self.segments(turns, image, add_generation_prompt=True))
+        return self._expand_image(ids, np.zeros_like(ids), image)[0]
+
+    def _tokenize(self, segments: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
+        """Tokenizes the text around each `<image>` separately, as LLaVA's `tokenizer_image_token` does."""
+        text = "".join(s.text for s in segments)
+        native = self.template == "tokenizer"  # such templates write BOS themselves
+        ids, starts, offset = [], [], 0
+        for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+            if i:
+                ids.append(self.image_token_id)
+                starts.append(-1)
+                offset += len(IMAGE_PLACEHOLDER)
+            encoding = self.tokenizer(chunk, return_offsets_mapping=True, add_special_tokens=i == 0 and not native)
+            ids += encoding["input_ids"]
+            starts += [offset + lo if hi > lo else -1 for lo, hi in encoding["offset_mapping"]]
+            offset += len(chunk)
+        ids, starts = np.asarray(ids, np.int32), np.asarray(starts)
+        bounds = np.cumsum([0] + [len(s.text) for s in segments])
+        trained = np.zeros(len(ids), bool)
+        for segment, lo, hi in zip(segments, bounds[:-1], bounds[1:]):
+            if segment.trained:
+                trained |= (starts >= lo) & (starts < hi)
+        self._check_round_trip(ids, text)
+        return ids, trained
+
+    def _check_round_trip(self, ids: np.ndarray, text: str) -> None:
+        body = ids[1:] if len(ids) and ids[0] == self.tokenizer.bos_token_id and self.template != "tokenizer" else ids
+        decoded = self.tokenizer.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if decoded.split() != text.split():
+            raise SampleError(f"tokens do not decode back to the rendered text (got {decoded[:80]!r}…)")
+
+    def _expand_image(self, ids: np.ndarray, labels: np.ndarray, image: bool) -> tuple[np.ndarray, np.ndarray]:
+        where = np.flatnonzero(ids == self.image_token_id)
+        if len(where) != int(image):
+            raise SampleError(f"{len(where)} {IMAGE_PLACEHOLDER} tokens for a sample with {int(image)} image; "
+                              f"remove {IMAGE_PLACEHOLDER} from the text (the template places it)")
+        if not image:
+            return ids, labels
+        repeat = np.where(ids == self.image_token_id, self.num_image_tokens, 1)
+        return np.repeat(ids, repeat), np.where(np.repeat(ids, repeat) == self.image_token_id, IGNORE,
+                                                np.repeat(labels, repeat)).astype(np.int32)

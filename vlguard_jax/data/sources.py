@@ -1,0 +1,229 @@
+"""Readers that validate VLGuard, LLaVA and Alpaca json into one `Conversation` type.
+
+A bad record is either skipped with a counted reason (`on_error="skip"`, the default) or stops the read at
+once (`on_error="raise"`); nothing is dropped silently. Ids are kept unique: a repeated id (VLGuard's train
+split has one, `Ads_303871`) gets a `#2` suffix and is listed in `Records.duplicate_ids`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+IMAGE_PLACEHOLDER = "<image>"
+FORMATS = ("vlguard", "llava", "alpaca")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as it is; the message names the file/record and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    role: str  # "user" or "assistant"
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversation:
+    """One supervised sample: alternating user/assistant turns, an optional image path relative to the root.
+
+    Turn texts never contain `<image>`: templates put it at the start of the first user turn.
+    """
+
+    id: str
+    image: str | None
+    turns: tuple[Turn, ...]
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def num_answers(self) -> int:
+        return sum(t.role == "assistant" for t in self.turns)
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    id: str
+    reason: str
+
+
+@dataclasses.dataclass
+class Records:
+    """What a reader produced: the conversations, the skipped records, the renamed duplicate ids."""
+
+    source: str
+    conversations: list[Conversation]
+    skips: list[Skip] = dataclasses.field(default_factory=list)
+    duplicate_ids: list[str] = dataclasses.field(default_factory=list)
+
+    def check_skip_fraction(self, max_fraction: float) -> None:
+        total = len(self.conversations) + len(self.skips)
+        if total and len(self.skips) / total > max_fraction:
+            reasons = "; ".join(f"{s.id}: {s.reason}" for s in self.skips[:5])
+            raise DataError(
+                f"{self.source}: {len(self.skips)} of {total} records skipped, more than the allowed "
+                f"{max_fraction:.0%} (first: {reasons}); fix the data or raise the limit"
+            )
+
+
+class _Reader:
+    """Shared bookkeeping: skip-or-raise policy and unique ids."""
+
+    def __init__(self, path: str | os.PathLike, on_error: str):
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.path = Path(path)
+        self.on_error = on_error
+        self.records = Records(str(self.path), [])
+        self._seen: dict[str, int] = {}
+
+    def load_list(self) -> list:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{self.path}: file not found") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{self.path}: not valid JSON ({e}); fix the file") from e
+        if not isinstance(data, list):
+            raise DataError(f"{self.path}: expected a JSON list of records, got {type(data).__name__}")
+        return data
+
+    def run(self, parse: Callable[[int, Any], Conversation]) -> Records:
+        for index, record in enumerate(self.load_list()):
+            record_id = record.get("id", f"#{index}") if isinstance(record, dict) else f"#{index}"
+            try:
+                conversation = parse(index, record)
+            except DataError as e:
+                if self.on_error == "raise":
+                    raise DataError(f"{self.path}: record {record_id} (index {index}): {e}") from None
+                self.records.skips.append(Skip(str(record_id), str(e)))
+                continue
+            self.records.conversations.append(self._unique(conversation))
+        return self.records
+
+    def _unique(self, conversation: Conversation) -> Conversation:
+        count = self._seen.get(conversation.id, 0) + 1
+        self._seen[conversation.id] = count
+        if count == 1:
+            return conversation
+        self.records.duplicate_ids.append(conversation.id)
+        metadata = {**conversation.metadata, "duplicate_of": conversation.id}
+        return dataclasses.replace(conversation, id=f"{conversation.id}#{count}", metadata=metadata)
+
+
+def _field(record: Any, key: str, kind: type | tuple[type, ...], *, nonempty: bool = True) -> Any:
+    if not isinstance(record, dict):
+        raise DataError(f"record is a {type(record).__name__}, not an object")
+    if key not in record:
+        raise DataError(f"missing required field '{key}'")
+    value = record[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataError(f"field '{key}' must be {names}, got {type(value).__name__}")
+    if nonempty and isinstance(value, (str, list)) and not (value.strip() if isinstance(value, str) else value):
+        raise DataError(f"field '{key}' is empty")
+    return value
+
+
+def _text(record: Any, key: str) -> str:
+    text = _field(record, key, str, nonempty=False).replace(IMAGE_PLACEHOLDER, "").strip()
+    if not text:
+        raise DataError(f"'{key}' is empty" + (" (after removing <image>)" if IMAGE_PLACEHOLDER in record[key] else ""))
+    return text
+
+
+def read_vlguard(path: str | os.PathLike, *, seed: int = 0, on_error: str = "skip") -> Records:
+    """VLGuard json: unsafe image → one round; safe image → its safe and unsafe rounds in one conversation,
+    in an order shuffled by `seed` (per record, so sub-sampling does not change other records' order)."""
+
+    def parse(index: int, record: Any) -> Conversation:
+        record_id = _field(record, "id", str)
+        image = _field(record, "image", str)
+        safe = _field(record, "safe", bool)
+        pairs = _field(record, "instr-resp", list)
+        if safe:
+            rounds = [_vlguard_round(pairs, "safe_instruction"), _vlguard_round(pairs, "unsafe_instruction")]
+            random.Random(f"{seed}:{index}").shuffle(rounds)
+        else:
+            rounds = [_vlguard_round(pairs, "instruction", position=i) for i in range(len(pairs))]
+        turns = tuple(t for kind, q, a in rounds for t in (Turn("user", q), Turn("assistant", a)))
+        metadata = {"source": "vlguard", "safe": safe, "rounds": [kind for kind, _, _ in rounds]}
+        if not safe:
+            metadata["category"] = _field(record, "harmful_category", str)
+            metadata["subcategory"] = record.get("harmful_subcategory")
+        return Conversation(record_id, image, turns, metadata)
+
+    return _Reader(path, on_error).run(parse)
+
+
+def _vlguard_round(pairs: list, key: str, position: int | None = None) -> tuple[str, str, str]:
+    matches = [p for p in pairs if isinstance(p, dict) and key in p]
+    if position is not None:
+        matches = matches[position: position + 1]
+    if len(matches) != 1:
+        raise DataError(f"'instr-resp' must hold exactly one '{key}' entry, found {len(matches)}")
+    kind = {"safe_instruction": "safe", "unsafe_instruction": "unsafe", "instruction": "unsafe_image"}[key]
+    return kind, _text(matches[0], key), _text(matches[0], "response")
+
+
+def read_llava(path: str | os.PathLike, *, on_error: str = "skip") -> Records:
+    """LLaVA instruction json: `[{id, image?, conversations: [{from: human|gpt, value}]}]`."""
+    roles = {"human": "user", "gpt": "assistant"}
+
+    def parse(index: int, record: Any) -> Conversation:
+        record_id = str(_field(record, "id", (str, int)))
+        image = _field(record, "image", str) if "image" in record else None
+        messages = _field(record, "conversations", list)
+        turns = []
+        for i, message in enumerate(messages):
+            speaker = _field(message, "from", str)
+            expected = "human" if i % 2 == 0 else "gpt"
+            if speaker != expected:
+                raise DataError(f"turn {i} is from '{speaker}', expected '{expected}' (turns alternate, human first)")
+            if image is None and IMAGE_PLACEHOLDER in message["value"]:
+                raise DataError(f"turn {i} has an <image> placeholder but the record has no 'image'")
+            turns.append(Turn(roles[speaker], _text(message, "value")))
+        if len(turns) % 2:
+            raise DataError("the last turn is from 'human': every question needs an answer")
+        return Conversation(record_id, image, tuple(turns), {"source": "llava"})
+
+    return _Reader(path, on_error).run(parse)
+
+
+def read_alpaca(path: str | os.PathLike, *, on_error: str = "skip") -> Records:
+    """Alpaca json (`instruction`, `input`, `output`), text only; ids are `alpaca-<index>` unless given."""
+
+    def parse(index: int, record: Any) -> Conversation:
+        instruction = _text(record, "instruction")
+        extra = record.get("input") or ""
+        if not isinstance(extra, str):
+            raise DataError(f"field 'input' must be str, got {type(extra).__name__}")
+        question = f"{instruction}\n{extra.strip()}" if extra.strip() else instruction
+        turns = (Turn("user", question), Turn("assistant", _text(record, "output")))
+        return Conversation(str(record.get("id", f"alpaca-{index}")), None, turns, {"source": "alpaca"})
+
+    return _Reader(path, on_error).run(parse)
+
+
+def read_records(format: str, path: str | os.PathLike, **kwargs) -> Records:
+    readers = {"vlguard": read_vlguard, "llava": read_llava, "alpaca": read_alpaca}
+    if format not in readers:
+        raise DataError(f"unknown data format {format!r}; known: {', '.join(FORMATS)}")
+    return readers[format](path, **kwargs)
+
+
+def category_counts(conversations: Iterable[Conversation]) -> dict[str, int]:
+    """`safe`, or `category/subcategory` of unsafe images (VLGuard); other sources count under their name."""
+    counts: dict[str, int] = {}
+    for c in conversations:
+        meta = c.metadata
+        if meta.get("source") == "vlguard":
+            key = "safe" if meta["safe"] else "/".join(filter(None, (meta["category"], meta.get("subcategory"))))
+        else:
+            key = meta.get("source", "unknown")
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
