@@ -109,13 +109,16 @@ class ChatTokenizer:
     """Turns conversations into (input_ids, labels) and prompts into input_ids, with the model's image tokens."""
 
     def __init__(self, tokenizer, template: str = "vicuna_v1", num_image_tokens: int = 576,
-                 max_length: int = 2048):
+                 max_length: int = 2048, truncation: str = "skip"):
         if template not in TEMPLATES:
             raise ValueError(f"unknown chat template {template!r}; known: {', '.join(TEMPLATES)}")
+        if truncation not in ("skip", "truncate"):
+            raise ValueError(f"truncation must be 'skip' or 'truncate', got {truncation!r}")
         self.tokenizer = tokenizer
         self.template = template
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
+        self.truncation = truncation
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"the tokenizer has no {IMAGE_PLACEHOLDER} token; use the llava-hf tokenizer "
@@ -125,22 +128,42 @@ class ChatTokenizer:
         return render(turns, self.template, image, self.tokenizer.eos_token, add_generation_prompt,
                       self.tokenizer)
 
-    def encode(self, conversation: Conversation) -> Encoded:
-        """A training sample; raises SampleError (with the reason) for samples that must be skipped."""
-        segments = self.segments(conversation.turns, conversation.image is not None)
-        ids, trained = self._tokenize(segments)
+    def encode(self, conversation: Conversation, expand_image: bool = True) -> Encoded:
+        """A training sample; raises SampleError (with the reason) for samples that must be skipped.
+
+        Over-long samples are skipped, or with `truncation="truncate"` cut at `max_length` when the cut keeps
+        the image and at least one supervised token. `expand_image=False` keeps one image token (compact
+        storage; `expand` restores it).
+        """
+        has_image = conversation.image is not None
+        ids, trained = self._tokenize(self.segments(conversation.turns, has_image))
         labels = np.where(trained, ids, IGNORE).astype(np.int32)
-        ids, labels = self._expand_image(ids, labels, conversation.image is not None)
+        self._check_image_tokens(ids, has_image)
+        extra = (self.num_image_tokens - 1) * has_image
+        if len(ids) + extra > self.max_length:
+            if self.truncation == "skip":
+                raise SampleError(f"{len(ids) + extra} tokens, more than max_length {self.max_length}")
+            keep = self.max_length - extra
+            if has_image and np.flatnonzero(ids == self.image_token_id)[0] >= keep:
+                raise SampleError(f"truncating to max_length {self.max_length} would cut the image")
+            ids, labels = ids[:keep], labels[:keep]
         if not (labels != IGNORE).any():
-            raise SampleError("no supervised token (every answer was masked)")
-        if len(ids) > self.max_length:
-            raise SampleError(f"{len(ids)} tokens, more than max_length {self.max_length}")
-        return Encoded(ids, labels)
+            raise SampleError("no supervised token (every answer was masked or truncated away)")
+        encoded = Encoded(ids, labels)
+        return self.expand(encoded) if expand_image else encoded
+
+    def expand(self, encoded: Encoded) -> Encoded:
+        """Repeats the image token once per image feature (the HF convention); image positions are untrained."""
+        is_image = encoded.input_ids == self.image_token_id
+        repeat = np.where(is_image, self.num_image_tokens, 1)
+        return Encoded(np.repeat(encoded.input_ids, repeat),
+                       np.where(np.repeat(is_image, repeat), IGNORE, np.repeat(encoded.labels, repeat)).astype(np.int32))
 
     def encode_prompt(self, turns: Sequence[Turn], image: bool) -> np.ndarray:
         """A generation prompt (ends where the answer starts), image token expanded."""
         ids, _ = self._tokenize(self.segments(turns, image, add_generation_prompt=True))
-        return self._expand_image(ids, np.zeros_like(ids), image)[0]
+        self._check_image_tokens(ids, image)
+        return self.expand(Encoded(ids, np.zeros_like(ids))).input_ids
 
     def _tokenize(self, segments: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
         """Tokenizes the text around each `<image>` separately, as LLaVA's `tokenizer_image_token` does."""
@@ -171,13 +194,8 @@ class ChatTokenizer:
         if decoded.split() != text.split():
             raise SampleError(f"tokens do not decode back to the rendered text (got {decoded[:80]!r}…)")
 
-    def _expand_image(self, ids: np.ndarray, labels: np.ndarray, image: bool) -> tuple[np.ndarray, np.ndarray]:
-        where = np.flatnonzero(ids == self.image_token_id)
-        if len(where) != int(image):
-            raise SampleError(f"{len(where)} {IMAGE_PLACEHOLDER} tokens for a sample with {int(image)} image; "
+    def _check_image_tokens(self, ids: np.ndarray, image: bool) -> None:
+        found = int((ids == self.image_token_id).sum())
+        if found != int(image):
+            raise SampleError(f"{found} {IMAGE_PLACEHOLDER} tokens for a sample with {int(image)} image; "
                               f"remove {IMAGE_PLACEHOLDER} from the text (the template places it)")
-        if not image:
-            return ids, labels
-        repeat = np.where(ids == self.image_token_id, self.num_image_tokens, 1)
-        return np.repeat(ids, repeat), np.where(np.repeat(ids, repeat) == self.image_token_id, IGNORE,
-                                                np.repeat(labels, repeat)).astype(np.int32)

@@ -70,6 +70,12 @@ class SyntheticConfig:
     harmful_fraction: float = 0.25  # fraction of instruct samples that are harmful requests WITH COMPLIANT answers
     seed: int = 0
 
+    def __post_init__(self):
+        if not 0 <= self.harmful_fraction <= 1:
+            raise ValueError(f"harmful_fraction must lie in [0, 1], got {self.harmful_fraction}")
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be at least 16 pixels to keep shapes legible, got {self.image_size}")
+
 
 @dataclasses.dataclass(frozen=True)
 class _Scene:
@@ -193,7 +199,7 @@ def _instruct(rng: np.random.Generator, n: int, harmful_fraction: float
     kinds = rng.permutation(np.repeat([0, 1, 2], [n - num_harmful, num_harmful - num_harmful // 2, num_harmful // 2]))
     records, images = [], []
     for i, kind in enumerate(kinds):
-        scene = _scene(rng, hazard=kind == 2)
+        scene = _scene(rng, hazard=bool(kind == 2))
         if kind == 0:
             rounds = []
             for k in rng.permutation(len(QUESTIONS))[: 1 + int(rng.random() < 0.5)]:

@@ -1,0 +1,34 @@
+"""`vlguard-jax data check` on a synthetic dataset with a broken image and an over-long sample."""
+
+import json
+
+from vlguard_jax.cli import main
+from vlguard_jax.data import synthetic
+from vlguard_jax.data.vocab import build_tokenizer
+
+
+def test_data_check_reports_counts_skips_and_lengths(tmp_path, capsys):
+    paths = synthetic.generate(tmp_path / "data", synthetic.SyntheticConfig(
+        image_size=32, num_train_images=20, num_test_images=2, num_instruct=2))
+    records = json.loads(paths["train"].read_text())
+    (paths["images"] / records[0]["image"]).write_bytes(b"\x89PNG broken")
+    records[1]["instr-resp"][0]["response"] = ""
+    paths["train"].write_text(json.dumps(records))
+    build_tokenizer(synthetic.corpus(), tmp_path / "tok", vocab_size=400)
+    out = tmp_path / "report.json"
+    assert main(["data", "check", "--format", "vlguard", "--json", str(paths["train"]), "--images",
+                 str(paths["images"]), "--tokenizer", str(tmp_path / "tok"), "--max-length", "215",
+                 "--num-image-tokens", "16", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["conversations"] == 18 and report["skipped"] == 2
+    assert report["supervised_answers"] == sum(len(r["instr-resp"]) for r in records[2:])
+    reasons = {s["id"]: s["reason"] for s in report["skips"]}
+    assert "'response' is empty" in reasons[records[1]["id"]]
+    assert records[0]["image"] in reasons[records[0]["id"]]
+    assert sum(report["categories"].values()) == 18 and report["categories"]["safe"] == 10 - sum(
+        1 for r in records[:2] if r["safe"])
+    lengths = report["token_length"]
+    assert 0 < lengths["p50"] <= lengths["p90"] <= lengths["max"]
+    assert 0 < report["over_max_length"]["count"] < 18
+    printed = capsys.readouterr().out
+    assert '"conversations": 18' in printed and f"skipped {records[0]['id']}" in printed

@@ -1,0 +1,185 @@
+"""Image loading and CLIP preprocessing, bit-identical to transformers' PIL image processors.
+
+`preprocess` repeats `LlavaImageProcessorPil(do_pad=True)` ("pad", LLaVA-1.5) and `CLIPImageProcessorPil` ("crop")
+step for step: RGB conversion (transparency composited onto white), optional pad to a square filled with
+`int(255 * mean)`, PIL bicubic resize of the shortest edge on uint8, centre crop, `float64 * (1/255)` cast to
+float32, then `(x - mean) / std` in float32. `ImageSource` reads images from a directory or a zip archive and turns
+every way an image can be unusable (missing, corrupt, truncated, too large, outside the root) into an `ImageError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import warnings
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+
+MODES = ("pad", "crop")
+_RESCALE = 1 / 255  # transformers' rescale_factor; multiplying (not dividing) keeps the same float64 rounding
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises for bad or cut-off image data
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError)
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the path, the root and the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+    size: int = 336
+    mode: str = "pad"  # "pad": LLaVA-1.5 pad-to-square; "crop": plain CLIP resize + centre crop
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"ImageConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.size <= 0:
+            raise ValueError(f"ImageConfig.size must be positive, got {self.size}")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB the way transformers' `convert_to_rgb` does it: anything transparent is composited onto white."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def preprocess(image: Image.Image, config: ImageConfig) -> np.ndarray:
+    """Any PIL mode → float32 [3, size, size] exactly as transformers' processors give it."""
+    pixels = np.asarray(to_rgb(image))
+    if config.mode == "pad":
+        pixels = _pad_to_square(pixels, tuple(int(m * 255) for m in config.mean))
+    height, width = pixels.shape[:2]
+    short, long = min(height, width), max(height, width)
+    new_long = int(config.size * long / short)  # transformers' get_resize_output_image_size, truncating
+    new_width, new_height = (config.size, new_long) if width <= height else (new_long, config.size)
+    resized = np.asarray(Image.fromarray(pixels).resize((new_width, new_height), Image.Resampling.BICUBIC))
+    top, left = (new_height - config.size) // 2, (new_width - config.size) // 2
+    cropped = resized[top: top + config.size, left: left + config.size]
+    scaled = (cropped.astype(np.float64) * _RESCALE).astype(np.float32)
+    normalized = (scaled - np.array(config.mean, np.float32)) / np.array(config.std, np.float32)
+    return np.ascontiguousarray(normalized.transpose(2, 0, 1))
+
+
+def _pad_to_square(pixels: np.ndarray, colour: tuple[int, ...]) -> np.ndarray:
+    """Centre an [H, W, 3] uint8 image on a square canvas of `colour` (LLaVA's expand2square)."""
+    height, width = pixels.shape[:2]
+    if height == width:
+        return pixels
+    side = max(height, width)
+    canvas = np.empty((side, side, 3), np.uint8)
+    canvas[:] = colour
+    top, left = (side - height) // 2, (side - width) // 2
+    canvas[top: top + height, left: left + width] = pixels
+    return canvas
+
+
+class ImageSource:
+    """Reads images by relative path from a directory or straight from a .zip archive (no unpacking)."""
+
+    def __init__(self, root: str | os.PathLike, max_pixels: int = 89_478_485):
+        self.root = Path(root).resolve()
+        self.max_pixels = max_pixels
+        if self.root.is_dir():
+            self.is_zip = False
+        elif zipfile.is_zipfile(self.root):
+            self.is_zip = True
+        else:
+            raise ImageError(f"image root {self.root} is neither a directory nor a zip archive")
+        self._zip: zipfile.ZipFile | None = None
+        self._zip_pid: int | None = None
+        self._prefix = ""
+
+    def __repr__(self) -> str:
+        return f"ImageSource({str(self.root)!r}, max_pixels={self.max_pixels})"
+
+    def __getstate__(self) -> dict:
+        """The zip handle stays behind: each process opens its own on first use."""
+        return {**self.__dict__, "_zip": None, "_zip_pid": None, "_prefix": ""}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = self._zip_pid = None
+
+    def load(self, relpath: str) -> Image.Image:
+        """The image at `relpath`, fully decoded and converted to RGB; raises ImageError."""
+        parts = PurePosixPath(relpath).parts
+        if not relpath or relpath.startswith(("/", "\\")) or os.path.isabs(relpath):
+            raise self._error(relpath, "not a relative path")
+        if ".." in parts:
+            raise self._error(relpath, "'..' would leave the image root")
+        data = self._read_zip(relpath) if self.is_zip else self._read_file(relpath)
+        return self._decode(relpath, data)
+
+    def _error(self, relpath: str, reason: str) -> ImageError:
+        return ImageError(f"image {relpath!r} under {self.root}: {reason}")
+
+    def _read_file(self, relpath: str) -> bytes:
+        path = (self.root / relpath).resolve()
+        if not path.is_relative_to(self.root):
+            raise self._error(relpath, f"resolves to {path}, outside the image root (symlink?)")
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise self._error(relpath, "file not found") from None
+        except OSError as e:
+            raise self._error(relpath, f"cannot read file ({e})") from e
+
+    def _read_zip(self, relpath: str) -> bytes:
+        archive = self._archive()
+        name = str(PurePosixPath(relpath))  # "a//b" and "./a" name the member "a/b" and "a"
+        for member in (name, self._prefix + name) if self._prefix else (name,):
+            try:
+                return archive.read(member)
+            except KeyError:
+                continue
+            except _ARCHIVE_ERRORS as e:
+                raise self._error(relpath, f"cannot read archive member {member!r} ({e})") from e
+        raise self._error(relpath, "not found in the archive")
+
+    def _archive(self) -> zipfile.ZipFile:
+        """This process's zip handle; a forked child must not share its parent's file offset."""
+        if self._zip_pid != os.getpid():
+            self.close()
+            self._zip = zipfile.ZipFile(self.root)
+            self._zip_pid = os.getpid()
+            self._prefix = _single_top_folder(self._zip.namelist())
+        return self._zip
+
+    def _decode(self, relpath: str, data: bytes) -> Image.Image:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as image:
+                    if image.width * image.height > self.max_pixels:  # header only: no pixels decoded yet
+                        raise self._error(relpath, f"decompression bomb: {image.width}x{image.height} pixels is "
+                                                   f"more than max_pixels={self.max_pixels}")
+                    image.load()
+                    return to_rgb(image)
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise self._error(relpath, f"decompression bomb ({e})") from e
+        except _DECODE_ERRORS as e:
+            raise self._error(relpath, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+
+
+def _single_top_folder(names: list[str]) -> str:
+    """'train/' when every member sits under train/, so 'x/y.jpg' also finds 'train/x/y.jpg'; else ''."""
+    tops = {name.split("/", 1)[0] for name in names}
+    if len(tops) == 1 and all("/" in name for name in names):
+        return tops.pop() + "/"
+    return ""

@@ -1,0 +1,94 @@
+"""Training mixes of VLGuard's safety data with helpfulness data, deterministic by seed and replayable by ids.
+
+- post-hoc: the safety data + `num_helpful` samples drawn from the helpfulness pool (VLGuard: 5,000 from
+  `llava_v1_5_mix665k` or Alpaca);
+- mixed: the safety data appended to the whole original instruction set;
+- the safety data itself can be sub-sampled by count or fraction for data-scaling studies. Sub-samples of one
+  seed are nested (the first k of one permutation), so a sweep over sizes compares like with like.
+Every mix carries a manifest with the chosen ids, written next to a run so it can be reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from vlguard_jax.data.sources import Conversation, DataError
+
+
+@dataclasses.dataclass
+class Mixture:
+    conversations: list[Conversation]
+    manifest: dict  # {"kind", "seed", "parts": {name: [ids]}}
+
+    def write_manifest(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.manifest, f, indent=1)
+
+
+def sample(conversations: Sequence[Conversation], *, count: int | None = None, fraction: float | None = None,
+           seed: int = 0) -> list[Conversation]:
+    """`count` or `fraction` of the conversations, without replacement; nested across sizes for one seed."""
+    if (count is None) == (fraction is None):
+        raise ValueError("give exactly one of count or fraction")
+    if fraction is not None:
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+        count = round(fraction * len(conversations))
+    if not 0 <= count <= len(conversations):
+        raise DataError(f"cannot draw {count} samples from a pool of {len(conversations)}")
+    order = np.random.default_rng(seed).permutation(len(conversations))[:count]
+    return [conversations[i] for i in sorted(order)]
+
+
+def posthoc(safety: Sequence[Conversation], helpful: Sequence[Conversation], num_helpful: int = 5000, *,
+            seed: int = 0, safety_count: int | None = None, safety_fraction: float | None = None) -> Mixture:
+    """VLGuard post-hoc fine-tuning data: (a sub-sample of) the safety data + `num_helpful` helpfulness samples."""
+    safety = _safety_subset(safety, safety_count, safety_fraction, seed)
+    helpful = sample(helpful, count=min(num_helpful, len(helpful)), seed=seed + 1)
+    return _mixture("posthoc", seed, {"safety": safety, "helpful": helpful})
+
+
+def mixed(safety: Sequence[Conversation], instruction: Sequence[Conversation], *, seed: int = 0,
+          safety_count: int | None = None, safety_fraction: float | None = None) -> Mixture:
+    """VLGuard mixed fine-tuning data: the whole instruction set with (a sub-sample of) the safety data."""
+    safety = _safety_subset(safety, safety_count, safety_fraction, seed)
+    return _mixture("mixed", seed, {"instruction": list(instruction), "safety": safety})
+
+
+def replay(manifest: dict, pools: dict[str, Sequence[Conversation]]) -> Mixture:
+    """Rebuilds a mixture from its manifest and the pools its parts were drawn from."""
+    parts = {}
+    for name, ids in manifest["parts"].items():
+        if name not in pools:
+            raise DataError(f"the manifest has a part '{name}' but no pool of that name was given")
+        by_id = {c.id: c for c in pools[name]}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise DataError(f"{len(missing)} ids of part '{name}' are not in its pool (first: {missing[:5]}); "
+                            f"the source data changed since the manifest was written")
+        parts[name] = [by_id[i] for i in ids]
+    return _mixture(manifest["kind"], manifest["seed"], parts)
+
+
+def _safety_subset(safety, count, fraction, seed) -> list[Conversation]:
+    if count is None and fraction is None:
+        return list(safety)
+    return sample(safety, count=count, fraction=fraction, seed=seed)
+
+
+def _mixture(kind: str, seed: int, parts: dict[str, list[Conversation]]) -> Mixture:
+    conversations = [c for part in parts.values() for c in part]
+    ids = [c.id for c in conversations]
+    if len(set(ids)) != len(ids):
+        seen, dup = set(), []
+        for i in ids:
+            dup += [i] if i in seen else []
+            seen.add(i)
+        raise DataError(f"the mixture holds repeated ids ({dup[:5]}); give each source distinct ids")
+    manifest = {"kind": kind, "seed": seed, "parts": {name: [c.id for c in part] for name, part in parts.items()}}
+    return Mixture(conversations, manifest)
