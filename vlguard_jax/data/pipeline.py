@@ -106,8 +106,7 @@ class HostBatch:
             "sample_index": indices.astype(np.int32),
             "image_failed": np.zeros(len(indices), bool),
         }
-        image_slot = 0  # images fill pixel_values in row order: the model splices them row-major
-        for row, i in enumerate(indices):
+        for row, i in enumerate(indices):  # row b's image sits in pixel_values[b] (the model's `row_images`)
             encoded = self.expand(self.samples.sample(i))
             n = len(encoded.input_ids)
             batch["input_ids"][row, :n] = encoded.input_ids
@@ -117,12 +116,11 @@ class HostBatch:
             if path is None:
                 continue
             try:
-                batch["pixel_values"][image_slot] = preprocess(self.images.load(path), self.config.image)
+                batch["pixel_values"][row] = preprocess(self.images.load(path), self.config.image)
             except ImageError as e:
                 log.warning("sample %s: %s (its row carries no loss)", self.samples.ids[i], e)
                 batch["labels"][row] = IGNORE
                 batch["image_failed"][row] = True
-            image_slot += 1
         return batch
 
 

@@ -40,18 +40,32 @@ def param(rngs: nnx.Rngs, init, shape, dtype, axes: Axes) -> nnx.Param:
 
 
 class Linear(nnx.Module):
-    """`y = x @ kernel + bias` with kernel `[in, out]` (the transpose of torch's `Linear.weight`)."""
+    """`y = x @ kernel + bias` with kernel `[in, out]` (the transpose of torch's `Linear.weight`).
+
+    `vlguard_jax.models.lora.apply_lora` may attach an adapter (`lora_a [in, r]`, `lora_b [r, out]`, both
+    `nnx.LoRAParam`): `y += dropout(x) @ lora_a @ lora_b * lora_scale`.
+    """
 
     def __init__(self, in_features: int, out_features: int, axes: Axes, *, use_bias: bool, dtype, param_dtype,
                  rngs: nnx.Rngs):
         self.dtype = dtype
         self.kernel = param(rngs, nnx.initializers.lecun_normal(), (in_features, out_features), param_dtype, axes)
         self.bias = param(rngs, nnx.initializers.zeros, (out_features,), param_dtype, axes[1:]) if use_bias else None
+        self.lora_a = self.lora_b = nnx.data(None)  # data slots: apply_lora may fill them
+        self.lora_scale = 0.0
+        self.lora_dropout = 0.0
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        x = x.astype(self.dtype)
+        y = jnp.dot(x, self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
+        if self.lora_a is not None:
+            if dropout_key is not None and self.lora_dropout > 0:
+                keep = jax.random.bernoulli(dropout_key, 1 - self.lora_dropout, x.shape)
+                x = jnp.where(keep, x / (1 - self.lora_dropout), 0).astype(self.dtype)
+            low_rank = jnp.dot(x, self.lora_a[...].astype(self.dtype))
+            y = y + jnp.dot(low_rank, self.lora_b[...].astype(self.dtype)) * self.lora_scale
         return y
 
 

@@ -81,11 +81,11 @@ class LlamaAttention(nnx.Module):
         self.v_proj = Linear(d, kv, ("embed", "kv"), **kw)
         self.o_proj = Linear(q, d, ("heads", "embed"), **kw)
 
-    def __call__(self, x, cos, sin, mask, kv_cache, offset):
+    def __call__(self, x, cos, sin, mask, kv_cache, offset, keys=(None,) * 4):
         b, t, _ = x.shape
-        q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = apply_rope(self.q_proj(x, keys[0]).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.k_proj(x, keys[1]).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
+        v = self.v_proj(x, keys[2]).reshape(b, t, self.num_kv_heads, self.head_dim)
         if kv_cache is not None:
             k_cache, v_cache = kv_cache
             k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, offset, 0, 0))
@@ -93,7 +93,7 @@ class LlamaAttention(nnx.Module):
             kv_cache = (k_cache, v_cache)
             k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
         out = attention(q, k, v, mask)
-        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), kv_cache
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim), keys[3]), kv_cache
 
 
 class LlamaMLP(nnx.Module):
@@ -106,8 +106,8 @@ class LlamaMLP(nnx.Module):
         self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), **kw)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+    def __call__(self, x: jax.Array, keys=(None,) * 3) -> jax.Array:
+        return self.down_proj(self.act(self.gate_proj(x, keys[0])) * self.up_proj(x, keys[1]), keys[2])
 
 
 class LlamaDecoderLayer(nnx.Module):
@@ -119,10 +119,12 @@ class LlamaDecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype,
                                                 rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, kv_cache, offset):
-        attn_out, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, offset)
+    def __call__(self, x, cos, sin, mask, kv_cache, offset, dropout_key=None):
+        """`dropout_key` (one per layer) drives LoRA dropout; None means deterministic."""
+        keys = [None] * 7 if dropout_key is None else list(jax.random.split(dropout_key, 7))
+        attn_out, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, offset, keys[:4])
         x = constrain(x + attn_out, ("batch", "length", "embed"))
-        x = constrain(x + self.mlp(self.post_attention_layernorm(x)), ("batch", "length", "embed"))
+        x = constrain(x + self.mlp(self.post_attention_layernorm(x), keys[4:]), ("batch", "length", "embed"))
         return x, kv_cache
 
 
@@ -140,7 +142,8 @@ class LlamaModel(nnx.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, inputs_embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array,
-                 cache: KVCache | None = None, cache_index: jax.Array | int = 0):
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+                 dropout_key: jax.Array | None = None):
         """Final normed hidden states `[batch, len, d]` and the updated cache (None without one).
 
         `attention_mask` is `[batch, kv_len]`: over the input itself, or over every cache slot when a cache is
@@ -150,10 +153,12 @@ class LlamaModel(nnx.Module):
         mask = causal_mask(attention_mask, inputs_embeds.shape[1], cache_index)
         x = constrain(inputs_embeds.astype(self.dtype), ("batch", "length", "embed"))
 
-        def body(layer, h, kv):
-            return layer(h, cos, sin, mask, kv, cache_index)
+        def body(layer, h, xs):
+            kv, key = xs
+            return layer(h, cos, sin, mask, kv, cache_index, key)
 
-        x, new_kv = scan_layers(self.layers, body, x, None if cache is None else (cache.k, cache.v),
+        keys = None if dropout_key is None else jax.random.split(dropout_key, self.config.num_layers)
+        x, new_kv = scan_layers(self.layers, body, x, (None if cache is None else (cache.k, cache.v), keys),
                                 remat=self.remat)
         return self.norm(x), None if cache is None else KVCache(*new_kv)
 

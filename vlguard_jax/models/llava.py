@@ -36,11 +36,20 @@ class Projector(nnx.Module):
         return x
 
 
-def splice_image_features(embeds: jax.Array, is_image: jax.Array, features: jax.Array) -> jax.Array:
-    """Overwrites image-token positions with `features` `[images, tokens, d]`, in row-major order."""
-    flat = features.reshape(-1, features.shape[-1]).astype(embeds.dtype)
-    index = jnp.cumsum(is_image.reshape(-1)) - 1
-    gathered = jnp.take(flat, jnp.clip(index, 0, flat.shape[0] - 1), axis=0).reshape(embeds.shape)
+def splice_image_features(embeds: jax.Array, is_image: jax.Array, features: jax.Array,
+                          row_images: bool = False) -> jax.Array:
+    """Overwrites image-token positions with `features` `[images, tokens, d]`.
+
+    By default images fill image tokens in row-major order (HF); with `row_images`, row b takes image b
+    (static-shape training batches: one image slot per row, zeros for text-only rows).
+    """
+    if row_images:
+        index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
+        gathered = jnp.take_along_axis(features.astype(embeds.dtype), index[..., None], axis=1)
+    else:
+        flat = features.reshape(-1, features.shape[-1]).astype(embeds.dtype)
+        index = jnp.cumsum(is_image.reshape(-1)) - 1
+        gathered = jnp.take(flat, jnp.clip(index, 0, flat.shape[0] - 1), axis=0).reshape(embeds.shape)
     return jnp.where(is_image[..., None], gathered, embeds)
 
 
@@ -62,20 +71,24 @@ class LlavaForConditionalGeneration(nnx.Module):
             hidden = hidden[:, 1:]
         return self.multi_modal_projector(hidden)
 
-    def embed(self, input_ids: jax.Array, pixel_values: jax.Array | None = None) -> jax.Array:
+    def embed(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
+              row_images: bool = False) -> jax.Array:
         is_image = input_ids == self.config.image_token_id
         embeds = self.language_model.model.embed_tokens(jnp.where(is_image, 0, input_ids))
         if pixel_values is None:
             return embeds
-        if not isinstance(is_image, jax.core.Tracer):  # checked when eager; jitted callers validate upstream
+        if not (row_images or isinstance(is_image, jax.core.Tracer)):  # eager check; jitted callers validate upstream
             _check_image_tokens(int(is_image.sum()), pixel_values.shape[0], self.config.num_image_tokens)
-        return splice_image_features(embeds, is_image, self.image_features(pixel_values))
+        return splice_image_features(embeds, is_image, self.image_features(pixel_values), row_images)
 
     def __call__(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
                  attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
-                 cache: KVCache | None = None, cache_index: jax.Array | int = 0):
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+                 dropout_key: jax.Array | None = None, row_images: bool = False):
         """Logits `[batch, len, vocab]`; with a `cache`, the pair `(logits, updated cache)`.
 
+        `row_images`: `pixel_values[b]` is row b's image (see `splice_image_features`); `dropout_key` turns on
+        LoRA dropout.
         Without `positions`, position ids are `cache_index + arange(len)` (what HF's forward uses);
         left-padded generation passes positions counted over the attention mask instead.
         """
@@ -86,8 +99,8 @@ class LlavaForConditionalGeneration(nnx.Module):
             attention_mask = jnp.ones((batch, length), bool)
         if positions is None:
             positions = jnp.broadcast_to(cache_index + jnp.arange(length), (batch, length))
-        hidden, cache = self.language_model.model(self.embed(input_ids, pixel_values), positions, attention_mask,
-                                                  cache, cache_index)
+        hidden, cache = self.language_model.model(self.embed(input_ids, pixel_values, row_images), positions,
+                                                  attention_mask, cache, cache_index, dropout_key)
         logits = self.language_model.logits(hidden)
         return logits if cache is None else (logits, cache)
 

@@ -1,0 +1,164 @@
+"""One training step equals transformers + PEFT + torch AdamW; frozen weights never move and hold no state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
+
+import vlguard_jax
+from hf_fixtures import IMAGE_TOKEN, build_hf, mixed_batch, save_layout
+from vlguard_jax.models.lora import LoraConfig, apply_lora
+from vlguard_jax.train.optimizer import OptimizerConfig, build_optimizer
+from vlguard_jax.train.step import init_state, make_train_step
+from vlguard_jax.train.trainable import split_model
+
+LR, PROJECTOR_LR, WD = 1e-3, 5e-4, 0.01
+TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def training_batch(config):
+    ids, mask, pixels = mixed_batch(config)
+    labels = np.where(mask.astype(bool) & (ids != IMAGE_TOKEN), ids, -100)
+    labels[:, :3] = -100  # a prompt that is not trained
+    labels[:, 1:][~mask[:, :-1].astype(bool)] = -100  # never predicted from a padded position
+    row_pixels = np.zeros((3, *pixels.shape[1:]), np.float32)
+    row_pixels[[0, 2]] = pixels  # rows 0 and 2 carry the images
+    ours = {"input_ids": ids, "attention_mask": mask.astype(bool), "labels": labels, "pixel_values": row_pixels}
+    theirs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels),
+                  pixel_values=torch.tensor(pixels))
+    return {k: jnp.asarray(v) for k, v in ours.items()}, theirs
+
+
+def torch_step(model, params_by_lr, batch):
+    optimizer = torch.optim.AdamW([{"params": p, "lr": lr} for lr, p in params_by_lr.items()], betas=(0.9, 0.999),
+                                  eps=1e-8, weight_decay=WD)
+    loss = model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for ps in params_by_lr.values() for p in ps], 1.0)
+    optimizer.step()
+    return loss.item()
+
+
+def our_step(model, mode, batch, accum_steps=1):
+    graphdef, trainable, frozen = split_model(model, mode)
+    params = nnx.to_pure_dict(trainable)
+    tx = build_optimizer(OptimizerConfig(learning_rate=LR, projector_learning_rate=PROJECTOR_LR, weight_decay=WD,
+                                         warmup_ratio=0.0), params, total_steps=10)
+    state = init_state(params, tx, seed=0)
+    step = jax.jit(make_train_step(graphdef, trainable, tx, accum_steps=accum_steps, dropout=False))
+    new_state, metrics = step(state, frozen, batch)
+    return graphdef, trainable, frozen, state, new_state, metrics
+
+
+def test_lora_step_matches_peft(tmp_path):
+    hf = build_hf("gqa", seed=11)
+    model = vlguard_jax.load_pretrained(save_layout(hf, tmp_path, "hf_save"))
+    apply_lora(model, LoraConfig(rank=4, alpha=8.0, dropout=0.0), nnx.Rngs(0))
+    peft_model = get_peft_model(hf, PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS))
+    torch.manual_seed(0)
+    layers = model.language_model.model.layers
+    modules = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+    for block, names in modules.items():  # identical, non-zero adapters on both sides
+        for name in names:
+            ours = getattr(getattr(layers, block), name)
+            a, b = [], []
+            for i, layer in enumerate(peft_model.base_model.model.model.language_model.layers):
+                theirs = getattr(getattr(layer, block), name)
+                with torch.no_grad():
+                    theirs.lora_B["default"].weight.normal_(0, 0.1)
+                a.append(theirs.lora_A["default"].weight.detach().numpy().T)
+                b.append(theirs.lora_B["default"].weight.detach().numpy().T)
+            ours.lora_a[...] = jnp.asarray(np.stack(a))
+            ours.lora_b[...] = jnp.asarray(np.stack(b))
+    projector = list(peft_model.base_model.model.model.multi_modal_projector.parameters())
+    for p in projector:
+        p.requires_grad_(True)
+    lora = [p for n, p in peft_model.named_parameters() if "lora_" in n]
+    ours_batch, theirs_batch = training_batch(hf.config)
+    torch_loss = torch_step(peft_model, {LR: lora, PROJECTOR_LR: projector}, theirs_batch)
+
+    graphdef, trainable, frozen, before, after, metrics = our_step(model, "lora", ours_batch)
+    assert abs(float(metrics["loss"]) - torch_loss) < 1e-5
+    nnx.replace_by_pure_dict(trainable, after.params)
+    updated = nnx.merge(graphdef, trainable, frozen)
+    ulayers = updated.language_model.model.layers
+    for block, names in modules.items():
+        for name in names:
+            ours = getattr(getattr(ulayers, block), name)
+            for i, layer in enumerate(peft_model.base_model.model.model.language_model.layers):
+                theirs = getattr(getattr(layer, block), name)
+                np.testing.assert_allclose(np.asarray(ours.lora_a[...][i]),
+                                           theirs.lora_A["default"].weight.detach().numpy().T, atol=1e-5)
+                np.testing.assert_allclose(np.asarray(ours.lora_b[...][i]),
+                                           theirs.lora_B["default"].weight.detach().numpy().T, atol=1e-5)
+    hf_projector = peft_model.base_model.model.model.multi_modal_projector
+    for i in (1, 2):
+        ours = getattr(updated.multi_modal_projector, f"linear_{i}")
+        theirs = getattr(hf_projector, f"linear_{i}")
+        np.testing.assert_allclose(np.asarray(ours.kernel[...]), theirs.weight.detach().numpy().T, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(ours.bias[...]), theirs.bias.detach().numpy(), atol=1e-5)
+    moved = jnp.abs(after.params["multi_modal_projector"]["linear_1"]["kernel"]
+                    - before.params["multi_modal_projector"]["linear_1"]["kernel"]).max()
+    assert float(moved) > 1e-4  # the comparison above is not vacuous
+
+    # Frozen weights are untouched and carry no optimizer state: Adam moments only for trainable leaves.
+    trainable_bytes = sum(x.nbytes for x in jax.tree.leaves(before.params))
+    opt_bytes = sum(x.nbytes for x in jax.tree.leaves(after.opt_state))
+    assert 2 * trainable_bytes <= opt_bytes <= 2 * trainable_bytes + 1024
+    after_by_path = dict(nnx.to_flat_state(nnx.state(updated, nnx.Param)))
+    base = nnx.state(vlguard_jax.load_pretrained(tmp_path / "hf"), nnx.Param)
+    for path, value in nnx.to_flat_state(base):
+        if "multi_modal_projector" not in path:
+            np.testing.assert_array_equal(np.asarray(value[...]), np.asarray(after_by_path[path][...]),
+                                          err_msg=str(path))
+
+
+def test_full_step_matches_torch_and_accumulation_is_exact(tmp_path):
+    hf = build_hf("mha", seed=12)
+    ckpt = save_layout(hf, tmp_path, "hf_save")
+    ours_batch, theirs_batch = training_batch(hf.config)
+    for p in hf.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    projector = list(hf.model.multi_modal_projector.parameters())
+    rest = [p for n, p in hf.named_parameters() if p.requires_grad and "multi_modal_projector" not in n]
+    torch_loss = torch_step(hf, {LR: rest, PROJECTOR_LR: projector}, theirs_batch)
+
+    graphdef, trainable, frozen, _, after, metrics = our_step(vlguard_jax.load_pretrained(ckpt), "full", ours_batch)
+    assert abs(float(metrics["loss"]) - torch_loss) < 1e-5
+    nnx.replace_by_pure_dict(trainable, after.params)
+    ours = dict(nnx.to_flat_state(nnx.state(nnx.merge(graphdef, trainable, frozen), nnx.Param)))
+    reference = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    layers = hf.model.language_model.layers
+    checks = {
+        ("language_model", "model", "embed_tokens", "embedding"): reference["model.language_model.embed_tokens.weight"],
+        ("language_model", "lm_head", "kernel"): reference["lm_head.weight"].T,
+        ("language_model", "model", "layers", "mlp", "down_proj", "kernel"):
+            np.stack([l.mlp.down_proj.weight.detach().numpy().T for l in layers]),
+        ("language_model", "model", "layers", "input_layernorm", "scale"):
+            np.stack([l.input_layernorm.weight.detach().numpy() for l in layers]),
+        ("multi_modal_projector", "linear_2", "kernel"): reference["model.multi_modal_projector.linear_2.weight"].T,
+    }
+    for path, expected in checks.items():
+        np.testing.assert_allclose(np.asarray(ours[path][...]), expected, atol=1e-5, err_msg=str(path))
+
+    # Two micro-batches of 3 rows accumulate to exactly the step on one batch of 6 rows.
+    double = jax.tree.map(lambda x: jnp.concatenate([x, x[::-1]]), ours_batch)
+    model = vlguard_jax.load_pretrained(ckpt)
+    _, _, _, _, one, m1 = our_step(model, "full", double, accum_steps=1)
+    _, _, _, _, two, m2 = our_step(vlguard_jax.load_pretrained(ckpt), "full", double, accum_steps=2)
+    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), one.params, two.params)
+
+
+def test_nonfinite_loss_skips_the_update(tmp_path):
+    hf = build_hf("mha", seed=13)
+    model = vlguard_jax.load_pretrained(save_layout(hf, tmp_path, "hf_save"))
+    batch, _ = training_batch(hf.config)
+    batch["pixel_values"] = batch["pixel_values"].at[0, 0, 0, 0].set(jnp.nan)
+    _, _, _, before, after, metrics = our_step(model, "projector", batch)
+    assert not bool(metrics["finite"]) and int(after.nonfinite_steps) == 1 and int(after.step) == 0
+    jax.tree.map(np.testing.assert_array_equal, before.params, after.params)

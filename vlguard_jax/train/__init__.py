@@ -1,0 +1,1 @@
+"""Fine-tuning: trainable/frozen split, optimizer, jitted sharded step."""

@@ -1,0 +1,88 @@
+"""The training step: masked cross-entropy over the global batch, gradients of the trainable State only.
+
+The global batch is split into `accum_steps` micro-batches scanned on device; losses and gradients are summed
+and divided once by the number of supervised tokens of the whole global batch, so accumulation gives exactly
+the token-mean loss of one large batch. A non-finite loss or gradient skips the update and is counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from vlguard_jax.data.chat import IGNORE
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array
+    params: Any  # pure dict of the trainable parameters (fp32)
+    opt_state: Any
+    rng: jax.Array
+    nonfinite_steps: jax.Array  # how many updates were skipped for a non-finite loss or gradient
+
+
+def cross_entropy_sums(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Sum of next-token NLL over supervised positions, and their count (fp32 log-softmax)."""
+    logits, targets = logits[:, :-1].astype(jnp.float32), labels[:, 1:]
+    valid = targets != IGNORE
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+    return jnp.sum((log_z - picked) * valid), jnp.sum(valid)
+
+
+def merge_params(graphdef: nnx.GraphDef, template: nnx.State, params, frozen: nnx.State) -> nnx.Module:
+    """Rebuilds the model from pure trainable params (without mutating the template)."""
+    trainable = jax.tree.map(lambda x: x, template)
+    nnx.replace_by_pure_dict(trainable, params)
+    return nnx.merge(graphdef, trainable, frozen)
+
+
+def make_train_step(graphdef: nnx.GraphDef, template: nnx.State, tx: optax.GradientTransformation,
+                    accum_steps: int = 1, dropout: bool = True) -> Callable:
+    """`step(state, frozen, batch) -> (state, metrics)`; jit it with the shardings of the caller's mesh."""
+
+    def loss_sums(params, frozen, micro, key):
+        model = merge_params(graphdef, template, params, frozen)
+        logits = model(micro["input_ids"], micro["pixel_values"], micro["attention_mask"],
+                       dropout_key=key if dropout else None, row_images=True)
+        return cross_entropy_sums(logits, micro["labels"])
+
+    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+
+    def step(state: TrainState, frozen: nnx.State, batch: dict) -> tuple[TrainState, dict]:
+        rng, step_key = jax.random.split(state.rng)
+        micro_batches = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+
+        def accumulate(carry, inputs):
+            micro, key = inputs
+            (loss_sum, tokens), grads = grad_fn(state.params, frozen, micro, key)
+            grad_acc, loss_acc, token_acc = carry
+            return (jax.tree.map(jnp.add, grad_acc, grads), loss_acc + loss_sum, token_acc + tokens), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        keys = jax.random.split(step_key, accum_steps)
+        (grads, loss_sum, tokens), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0), (micro_batches, keys))
+        denominator = jnp.maximum(tokens, 1)
+        grads = jax.tree.map(lambda g: g / denominator, grads)
+        loss = loss_sum / denominator
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = state.replace(step=state.step + finite.astype(state.step.dtype),
+                                  params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+                                  rng=rng, nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "tokens": tokens, "finite": finite}
+
+    return step
+
+
+def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key(seed), nonfinite_steps=jnp.zeros((), jnp.int32))
