@@ -26,6 +26,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv", "tensor"),
     ("vocab", "tensor"),
     ("norm", None),
+    ("act_embed", None),  # the residual stream's feature axis: replicated (params' `embed` takes fsdp)
 )
 
 

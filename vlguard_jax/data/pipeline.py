@@ -25,6 +25,7 @@ from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource, prepro
 from vlguard_jax.data.sources import Conversation, DataError, Skip
 
 log = logging.getLogger(__name__)
+ImageRoots = ImageSource | dict[str, ImageSource] | None  # one root, or one per data source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,7 @@ class PreparedSamples:
     labels: np.ndarray  # int32, IGNORE where untrained
     offsets: np.ndarray  # int64 [n + 1]
     images: list[str | None]
+    sources: list[str]  # each sample's data source: picks its image root
     lengths: np.ndarray  # int32 [n], after image expansion
 
     def __len__(self) -> int:
@@ -78,6 +80,7 @@ def prepare(conversations: Sequence[Conversation], chat: ChatTokenizer) -> tuple
         labels=np.concatenate([e.labels for _, e in kept]).astype(np.int32),
         offsets=np.cumsum([0] + [len(e.input_ids) for _, e in kept]).astype(np.int64),
         images=[c.image for c, _ in kept],
+        sources=[c.metadata.get("source", "") for c, _ in kept],
         lengths=np.asarray(lengths, np.int32),
     ), skips
 
@@ -85,7 +88,7 @@ def prepare(conversations: Sequence[Conversation], chat: ChatTokenizer) -> tuple
 class HostBatch:
     """Global batch indices → this host's padded numpy batch (runs in Grain worker processes)."""
 
-    def __init__(self, samples: PreparedSamples, chat: ChatTokenizer, images: ImageSource | None,
+    def __init__(self, samples: PreparedSamples, chat: ChatTokenizer, images: ImageRoots,
                  config: PipelineConfig, process_index: int, process_count: int):
         self.samples, self.images, self.config = samples, images, config
         self.image_token_id, self.num_image_tokens = chat.image_token_id, chat.num_image_tokens
@@ -116,7 +119,8 @@ class HostBatch:
             if path is None:
                 continue
             try:
-                batch["pixel_values"][row] = preprocess(self.images.load(path), self.config.image)
+                source = self.images if isinstance(self.images, ImageSource) else self.images[self.samples.sources[i]]
+                batch["pixel_values"][row] = preprocess(source.load(path), self.config.image)
             except ImageError as e:
                 log.warning("sample %s: %s (its row carries no loss)", self.samples.ids[i], e)
                 batch["labels"][row] = IGNORE
@@ -131,15 +135,18 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
     raise DataError(f"a sample of {length} tokens exceeds the largest bucket {max(buckets)}")
 
 
-def build_pipeline(samples: PreparedSamples, chat: ChatTokenizer, images: ImageSource | None,
+def build_pipeline(samples: PreparedSamples, chat: ChatTokenizer, images: ImageRoots,
                    config: PipelineConfig, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
     """The batch stream of one host: `num_epochs` shuffled epochs, the last partial global batch dropped."""
     if config.global_batch_size % process_count:
         raise ValueError(f"global batch {config.global_batch_size} does not divide over {process_count} hosts")
     if chat.max_length > max(config.buckets):
         raise ValueError(f"max_length {chat.max_length} exceeds the largest bucket {max(config.buckets)}")
-    if any(path is not None for path in samples.images) and images is None:
-        raise ValueError("the samples have images: give an ImageSource (a directory or zip)")
+    needed = {s for s, path in zip(samples.sources, samples.images) if path is not None}
+    given = set() if images is None else needed if isinstance(images, ImageSource) else set(images)
+    if needed - given:
+        raise DataError(f"samples from {', '.join(sorted(needed - given))} have images but no image root was "
+                        f"given for them (a directory or zip)")
     if len(samples) < config.global_batch_size:
         raise DataError(f"{len(samples)} samples do not fill one global batch of {config.global_batch_size}")
     dataset = (grain.MapDataset.range(len(samples))

@@ -123,8 +123,8 @@ class LlamaDecoderLayer(nnx.Module):
         """`dropout_key` (one per layer) drives LoRA dropout; None means deterministic."""
         keys = [None] * 7 if dropout_key is None else list(jax.random.split(dropout_key, 7))
         attn_out, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, offset, keys[:4])
-        x = constrain(x + attn_out, ("batch", "length", "embed"))
-        x = constrain(x + self.mlp(self.post_attention_layernorm(x), keys[4:]), ("batch", "length", "embed"))
+        x = constrain(x + attn_out, ("batch", "length", "act_embed"))
+        x = constrain(x + self.mlp(self.post_attention_layernorm(x), keys[4:]), ("batch", "length", "act_embed"))
         return x, kv_cache
 
 
@@ -151,7 +151,7 @@ class LlamaModel(nnx.Module):
         """
         cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config), self.dtype)
         mask = causal_mask(attention_mask, inputs_embeds.shape[1], cache_index)
-        x = constrain(inputs_embeds.astype(self.dtype), ("batch", "length", "embed"))
+        x = constrain(inputs_embeds.astype(self.dtype), ("batch", "length", "act_embed"))
 
         def body(layer, h, xs):
             kv, key = xs

@@ -1,0 +1,167 @@
+"""Typed run configuration: YAML in, dotted `KEY=VALUE` overrides, unknown keys and wrong types are errors.
+
+Every section is a frozen dataclass; `load_config("configs/x.yaml", ["train.epochs=1"])` returns a `Config`,
+and `dump_config` writes the resolved config that a run stores beside its checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlguard_jax.models.lora import DEFAULT_TARGETS
+from vlguard_jax.train.optimizer import OptimizerConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; names the file (or override) and the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    path: str | None = None  # checkpoint directory (llava-hf or original LLaVA layout)
+    vision_tower: str | None = None  # CLIP directory, for original LLaVA checkpoints
+    tokenizer: str | None = None  # defaults to `path`; the synthetic data's tokenizer when data.synthetic
+    architecture: dict | None = None  # llava-hf config.json dict: random init instead of `path` (tiny models)
+    dtype: str = "float32"  # compute dtype and the dtype of frozen weights; trainable weights stay fp32
+    remat: str = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    synthetic: bool = False  # generate the synthetic VLGuard-format dataset into WORKDIR/data when absent
+    synthetic_options: dict = dataclasses.field(default_factory=dict)  # SyntheticConfig fields
+    safety: str | None = None  # VLGuard train json
+    safety_images: str | None = None  # its image directory or zip
+    helpful: str | None = None  # helpfulness / instruction data json
+    helpful_format: str = "llava"  # llava or alpaca
+    helpful_images: str | None = None
+    mixture: str = "posthoc"  # posthoc, mixed, safety (VLGuard only) or helpful (instruction data only)
+    num_helpful: int = 5000
+    safety_count: int | None = None
+    safety_fraction: float | None = None
+    template: str = "vicuna_v1"
+    max_length: int = 2048
+    truncation: str = "skip"
+    buckets: tuple[int, ...] = (512, 1024, 2048)
+    workers: int = 0
+    image_mode: str = "pad"
+    max_skip_fraction: float = 0.05
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSection:
+    rank: int = 128
+    alpha: float = 256.0
+    dropout: float = 0.05
+    targets: str = DEFAULT_TARGETS
+    rslora: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "lora"  # lora (adapters + projector), full (all but the vision tower), projector
+    lora: LoraSection = LoraSection()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    epochs: int = 3
+    max_steps: int | None = None  # stop earlier than `epochs` (smoke runs)
+    global_batch_size: int = 128
+    accum_steps: int = 1
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    max_consecutive_nonfinite: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = 1
+    fsdp: int = -1  # -1: every device not used by data and tensor
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    mesh: MeshConfig = MeshConfig()
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise ConfigError(f"override {override!r} is not KEY=VALUE (e.g. train.epochs=1)")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return _build(Config, raw, str(path or "overrides"), "")
+
+
+def _build(cls, raw: Any, source: str, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]} (known in this section: "
+                          f"{', '.join(sorted(fields))})")
+    hints = typing.get_type_hints(cls)
+    values = {name: _convert(hints[name], value, source, prefix + name) for name, value in raw.items()}
+    return cls(**values)
+
+
+def _convert(hint, value, source: str, key: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, key + ".")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, source, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {type(value).__name__} {value!r}")
+        return tuple(_convert(args[0], v, source, key) for v in value)
+    expected = origin or hint
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+        raise ConfigError(f"{source}: {key} must be {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(_plain(to_dict(config)), sort_keys=False))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
