@@ -47,6 +47,55 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distributed(args: argparse.Namespace) -> None:
+    """Multi-host start-up: explicit coordinator flags, or `--distributed` for auto-detection (TPU pods, SLURM)."""
+    import jax
+
+    if args.cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", args.cpu_collectives)
+    if args.coordinator:
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    elif args.distributed:
+        jax.distributed.initialize()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vlguard_jax.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    _distributed(args)
+    from vlguard_jax.train.loop import train
+
+    workdir = args.workdir or Path("runs") / args.config.stem
+    result = train(config, workdir)
+    print(f"{result.status} at step {result.steps}/{result.total_steps}; outputs in {result.workdir}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import shutil
+
+    from vlguard_jax.checkpoints.peft import export_merged, export_peft
+    from vlguard_jax.train.trained import load_trained, tokenizer_dir
+
+    model, config = load_trained(args.workdir)
+    if args.format == "peft":
+        if config.train.mode != "lora":
+            print("error: a PEFT adapter needs a LoRA run (train.mode: lora); export merged weights", file=sys.stderr)
+            return 2
+        lora = config.train.lora
+        export_peft(model, args.out, alpha=lora.alpha, dropout=lora.dropout, rslora=lora.rslora,
+                    base_model=config.model.path, projector=True)
+    else:
+        export_merged(model, args.out)
+    source = tokenizer_dir(config, args.workdir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+        if (source / name).exists():
+            shutil.copy(source / name, Path(args.out) / name)
+    print(f"wrote {args.format} export of {args.workdir} to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlguard-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")
     convert.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors shard, in GiB")
     convert.set_defaults(run=_convert)
+
+    train = commands.add_parser("train", help="fine-tune (LoRA or full) as a config describes; re-run to resume")
+    train.add_argument("--config", type=Path, required=True, help="YAML config (see configs/)")
+    train.add_argument("--workdir", type=Path, help="run directory (default: runs/<config name>)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=1")
+    train.add_argument("--distributed", action="store_true", help="multi-host: auto-detect (TPU pod, SLURM)")
+    train.add_argument("--coordinator", help="multi-host: coordinator address HOST:PORT")
+    train.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    train.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    train.add_argument("--cpu-collectives", choices=("gloo", "mpi"), help="collectives for multi-process CPU runs")
+    train.set_defaults(run=_train)
+
+    export = commands.add_parser("export", help="export a trained workdir: merged llava-hf weights or a PEFT adapter")
+    export.add_argument("--workdir", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--format", choices=("merged", "peft"), default="merged")
+    export.set_defaults(run=_export)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="validate a dataset and report counts, skips and token lengths")
@@ -77,11 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vlguard_jax.checkpoints.tensors import CheckpointError
+    from vlguard_jax.config import ConfigError
     from vlguard_jax.data.sources import DataError
 
     try:
         return args.run(args)
-    except (CheckpointError, DataError) as e:
+    except (CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -17,13 +17,14 @@ import jax
 import jax.numpy as jnp
 import yaml
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vlguard_jax.config import Config, ConfigError, dump_config, to_dict
 from vlguard_jax.data.chat import ChatTokenizer
 from vlguard_jax.data.images import ImageConfig
 from vlguard_jax.data.pipeline import PipelineConfig, build_pipeline, prepare, steps_per_epoch
-from vlguard_jax.data.recipes import training_data
+from vlguard_jax.data.recipes import synthetic_dataset, training_data
 from vlguard_jax.parallel import logical_to_spec, make_mesh, variable_sharding
 from vlguard_jax.train.checkpointing import Checkpointer
 from vlguard_jax.train.metrics_log import MetricsLog, plot_loss
@@ -92,10 +93,15 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
     if t.global_batch_size % t.accum_steps or (t.global_batch_size // t.accum_steps) % batch_shards:
         raise ConfigError(f"train.global_batch_size {t.global_batch_size} / accum_steps {t.accum_steps} must divide "
                           f"over data × fsdp = {batch_shards} devices")
-    dump_config(config, workdir / "config.yaml")
-
+    primary = jax.process_index() == 0  # one writer of run files; every host reads the same data
+    if primary:
+        dump_config(config, workdir / "config.yaml")
+        if config.data.synthetic:
+            synthetic_dataset(config.data, workdir)
+    multihost_utils.sync_global_devices("vlguard-jax: run files ready")
     data = training_data(config.data, workdir)
-    data.mix.write_manifest(workdir / "mixture.json")
+    if primary:
+        data.mix.write_manifest(workdir / "mixture.json")
     from transformers import AutoTokenizer
 
     tokenizer_dir = config.model.tokenizer or data.tokenizer_dir or config.model.path
@@ -105,7 +111,8 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
                          config.data.max_length, config.data.truncation)
     samples, sample_skips = prepare(data.mix.conversations, chat)
     skips = data.skips + sample_skips
-    (workdir / "skips.json").write_text(json.dumps([dataclasses.asdict(s) for s in skips], indent=1))
+    if primary:
+        (workdir / "skips.json").write_text(json.dumps([dataclasses.asdict(s) for s in skips], indent=1))
     total = len(samples) + len(sample_skips)
     if total and len(sample_skips) / total > config.data.max_skip_fraction:
         raise TrainingError(f"{len(sample_skips)} of {total} samples cannot be trained on (see "
@@ -136,9 +143,9 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
     start = checkpointer.latest_step() or 0
     if start:
         state, _ = checkpointer.restore(start, state, iterator)
-    log = MetricsLog(workdir, start)
+    log = MetricsLog(workdir, start) if primary else None
     stop = _PreemptionFlag()
-    bar = _progress(progress, start, total_steps)
+    bar = _progress(progress and primary, start, total_steps)
     step, nonfinite_run, tokens_since, tic = start, 0, 0, time.perf_counter()
     try:
         while step < total_steps and not stop.raised:
@@ -162,7 +169,8 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
                           "tokens_per_s": round(tokens_since / seconds, 1),
                           "image_failures": int(local["image_failed"].sum()),
                           "nonfinite_steps": int(state.nonfinite_steps)}
-                log.write(record)
+                if log is not None:
+                    log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
                                 tok_s=record["tokens_per_s"])
                 tokens_since, tic = 0, time.perf_counter()
@@ -174,10 +182,12 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
     finally:
         checkpointer.wait()
         checkpointer.close()
-        log.close()
+        if log is not None:
+            log.close()
         bar.close()
         stop.restore()
-    plot_loss(workdir)
+    if primary:
+        plot_loss(workdir)
     return RunResult(step, total_steps, "preempted" if stop.raised and step < total_steps else "finished", workdir)
 
 

@@ -1,0 +1,47 @@
+"""The trained model of a workdir: the base rebuilt from its config, the newest checkpoint's params on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from vlguard_jax.config import Config, load_config
+from vlguard_jax.models.llava import LlavaForConditionalGeneration
+from vlguard_jax.train.model_setup import build_model
+from vlguard_jax.train.trainable import split_model
+
+
+def tokenizer_dir(config: Config, workdir: Path) -> Path:
+    if config.model.tokenizer:
+        return Path(config.model.tokenizer)
+    if config.data.synthetic:
+        return workdir / "data" / "tokenizer"
+    return Path(config.model.path)
+
+
+def load_trained(workdir: str | Path, step: int | None = None) -> tuple[LlavaForConditionalGeneration, Config]:
+    from transformers import AutoTokenizer
+
+    workdir = Path(workdir)
+    config = load_config(workdir / "config.yaml")
+    model = build_model(config.model, config.train, AutoTokenizer.from_pretrained(tokenizer_dir(config, workdir)))
+    manager = ocp.CheckpointManager((workdir / "checkpoints").absolute(), item_names=("state", "data", "meta"))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint; train first")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    graphdef, trainable, frozen = split_model(model, config.train.mode)
+    params = restored.state["params"]
+    trainable = nnx.from_flat_state([(path, var.replace(jnp.asarray(_get(params, path), var.dtype)))
+                                     for path, var in nnx.to_flat_state(trainable)])
+    return nnx.merge(graphdef, trainable, frozen), config
+
+
+def _get(tree: dict, path: tuple):
+    for key in path:
+        tree = tree[key] if key in tree else tree[str(key)]
+    return tree
