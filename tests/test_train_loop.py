@@ -114,3 +114,22 @@ def test_config_errors_name_the_key_and_the_numbers(uninterrupted, tmp_path):
     with pytest.raises(ConfigError, match=r"global_batch_size 12 / accum_steps 1 must divide over data × fsdp = 8"):
         train(load_config(config, ["mesh.data=8", "mesh.fsdp=1", "train.global_batch_size=12"]), tmp_path / "b",
               progress=False)
+
+
+def test_two_processes_on_loopback_give_the_single_device_losses(uninterrupted, tmp_path):
+    import socket
+
+    config, reference = uninterrupted
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = train_command(config, tmp_path / "work", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    processes = [subprocess.Popen(command + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                                             "--process-id", str(i), "--cpu-collectives", "gloo"],
+                                  env=environment(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+    for (step, ours), (_, theirs) in zip(losses(tmp_path / "work"), losses(reference), strict=True):
+        assert abs(ours - theirs) <= 1e-5, step

@@ -36,7 +36,8 @@ def load_trained(workdir: str | Path, step: int | None = None) -> tuple[LlavaFor
     manager.close()
     graphdef, trainable, frozen = split_model(model, config.train.mode)
     params = restored.state["params"]
-    trainable = nnx.from_flat_state([(path, var.replace(jnp.asarray(_get(params, path), var.dtype)))
+    # trained weights keep their fp32 (a bf16 base's projector would otherwise be rounded on export)
+    trainable = nnx.from_flat_state([(path, var.replace(jnp.asarray(_get(params, path))))
                                      for path, var in nnx.to_flat_state(trainable)])
     return nnx.merge(graphdef, trainable, frozen), config
 
