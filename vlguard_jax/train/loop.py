@@ -113,6 +113,7 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
     skips = data.skips + sample_skips
     if primary:
         (workdir / "skips.json").write_text(json.dumps([dataclasses.asdict(s) for s in skips], indent=1))
+        print(f"{len(samples)} training samples; {len(skips)} skipped (reasons in {workdir / 'skips.json'})")
     total = len(samples) + len(sample_skips)
     if total and len(sample_skips) / total > config.data.max_skip_fraction:
         raise TrainingError(f"{len(sample_skips)} of {total} samples cannot be trained on (see "
@@ -146,6 +147,7 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
     log = MetricsLog(workdir, start) if primary else None
     stop = _PreemptionFlag()
     bar = _progress(progress and primary, start, total_steps)
+    meta = {"total_steps": total_steps, "config": _plain(to_dict(config))}  # the resolved config, with each save
     step, nonfinite_run, tokens_since, tic = start, 0, 0, time.perf_counter()
     try:
         while step < total_steps and not stop.raised:
@@ -176,9 +178,9 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
                 tokens_since, tic = 0, time.perf_counter()
             bar.update(1)
             if finite and (step % t.checkpoint_every == 0 or step == total_steps):
-                checkpointer.save(step, state, iterator, {"step": step, "total_steps": total_steps})
+                checkpointer.save(step, state, iterator, {**meta, "step": step})
         if stop.raised and step < total_steps:
-            checkpointer.save(step, state, iterator, {"step": step, "total_steps": total_steps, "preempted": True})
+            checkpointer.save(step, state, iterator, {**meta, "step": step, "preempted": True})
     finally:
         checkpointer.wait()
         checkpointer.close()
