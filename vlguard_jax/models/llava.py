@@ -73,10 +73,10 @@ class LlavaForConditionalGeneration(nnx.Module):
 
     def embed(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
               row_images: bool = False) -> jax.Array:
+        if pixel_values is None:  # an image token generated as text keeps its own embedding row, as in HF
+            return self.language_model.model.embed_tokens(input_ids)
         is_image = input_ids == self.config.image_token_id
         embeds = self.language_model.model.embed_tokens(jnp.where(is_image, 0, input_ids))
-        if pixel_values is None:
-            return embeds
         if not (row_images or isinstance(is_image, jax.core.Tracer)):  # eager check; jitted callers validate upstream
             _check_image_tokens(int(is_image.sum()), pixel_values.shape[0], self.config.num_image_tokens)
         return splice_image_features(embeds, is_image, self.image_features(pixel_values), row_images)

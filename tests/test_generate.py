@@ -1,0 +1,74 @@
+"""Greedy generation equals transformers' `generate(do_sample=False)`; one compile serves a prompt bucket."""
+
+import numpy as np
+import pytest
+import torch
+
+import vlguard_jax
+from hf_fixtures import IMAGE_TOKEN, build_hf, save_layout
+from vlguard_jax.generate import Generator, SamplingConfig
+
+NEW_TOKENS = 12
+
+
+def prompts_for(config, seed):
+    rng = np.random.RandomState(seed)
+    v = config.vision_config
+    per_image = (v.image_size // v.patch_size) ** 2 + (config.vision_feature_select_strategy == "full")
+    with_image = lambda n: np.concatenate([[1], [IMAGE_TOKEN] * per_image, rng.randint(3, IMAGE_TOKEN, n)])
+    prompts = [with_image(5), rng.randint(3, IMAGE_TOKEN, 9), with_image(2)]
+    prompts[1][0] = 1
+    images = [rng.randn(3, v.image_size, v.image_size).astype(np.float32), None,
+              rng.randn(3, v.image_size, v.image_size).astype(np.float32)]
+    return prompts, images
+
+
+def hf_generate(hf, prompts, images, pad_id):
+    length = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), length), pad_id)
+    mask = np.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, length - len(prompt):] = prompt
+        mask[row, length - len(prompt):] = 1
+    pixels = torch.tensor(np.stack([im for im in images if im is not None]))
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), pixel_values=pixels,
+                          max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=pad_id, eos_token_id=2)
+    return [row[length:].numpy() for row in out]
+
+
+@pytest.mark.parametrize("variant", ["mha", "gqa"])
+def test_greedy_tokens_equal_transformers(tmp_path, variant):
+    hf = build_hf(variant, seed=31)
+    model = vlguard_jax.load_pretrained(save_layout(hf, tmp_path, "hf_save"))
+    prompts, images = prompts_for(hf.config, 31)
+    generator = Generator(model, pad_id=0, stop_ids=[2], batch_size=4, buckets=(32, 64))
+    ours = generator.generate(prompts, images, SamplingConfig(max_new_tokens=NEW_TOKENS))
+    theirs = hf_generate(hf, prompts, images, pad_id=0)
+    for row, (a, b) in enumerate(zip(ours, theirs)):
+        stop = np.flatnonzero(b == 2)
+        b = b[: stop[0] + 1] if len(stop) else b
+        np.testing.assert_array_equal(a, b, err_msg=f"row {row}")
+    # other prompt lengths in the same bucket reuse the executable
+    generator.generate([prompts[1][:5]], [None], SamplingConfig(max_new_tokens=NEW_TOKENS))
+    generator.generate(prompts[:2], images[:2], SamplingConfig(max_new_tokens=NEW_TOKENS))
+    assert generator.compilations == 1
+
+
+def test_sampling_is_seeded_and_stops_at_stop_tokens(tmp_path):
+    hf = build_hf("mha", seed=32)
+    model = vlguard_jax.load_pretrained(save_layout(hf, tmp_path, "hf_save"))
+    prompts, images = prompts_for(hf.config, 32)
+    generator = Generator(model, pad_id=0, stop_ids=[2], batch_size=4, buckets=(32,))
+    sampled = SamplingConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=5)
+    first = generator.generate(prompts, images, sampled)
+    again = generator.generate(prompts, images, sampled)
+    other = generator.generate(prompts, images, SamplingConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=6))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    greedy = generator.generate(prompts, images, SamplingConfig(max_new_tokens=10))
+    stop_at = int(greedy[0][3])  # make the 4th greedy token a stop token: row 0 must end right there
+    stopping = Generator(model, pad_id=0, stop_ids=[stop_at], batch_size=4, buckets=(32,))
+    first_row = stopping.generate(prompts[:1], images[:1], SamplingConfig(max_new_tokens=10))[0]
+    stop = np.flatnonzero(greedy[0] == stop_at)[0]
+    np.testing.assert_array_equal(first_row, greedy[0][: stop + 1])

@@ -1,0 +1,135 @@
+"""Batched generation: one jitted prefill of a left-padded batch, then the whole decode loop on device.
+
+Prompts are left-padded to a length bucket and the batch is padded to a fixed size, so one compiled function
+serves every batch of a benchmark. Decoding is a single `lax.while_loop` over a KV cache; each row stops at
+its first stop token (EOS by default) and the loop ends when every row has stopped. Greedy by default;
+temperature and top-p sampling are seeded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vlguard_jax.models.llama import KVCache
+from vlguard_jax.models.llava import LlavaForConditionalGeneration
+
+PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def bucket(length: int, buckets: Sequence[int] = PROMPT_BUCKETS) -> int:
+    for b in buckets:
+        if length <= b:
+            return b
+    raise ValueError(f"a prompt of {length} tokens exceeds the largest bucket {max(buckets)}")
+
+
+def _sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / temperature
+    if top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        cut = cumulative - jax.nn.softmax(sorted_logits, axis=-1) >= top_p
+        sorted_logits = jnp.where(cut, -jnp.inf, sorted_logits)
+        logits = jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, key, *, max_new_tokens: int,
+            temperature: float, top_p: float, pad_id: int, cache_dtype):
+    model = nnx.merge(graphdef, state)
+    batch, prompt_len = input_ids.shape
+    total = prompt_len + max_new_tokens
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+    cache = KVCache.zeros(model.config.text, batch, total, cache_dtype)
+    cache_mask = jnp.zeros((batch, total), bool).at[:, :prompt_len].set(attention_mask.astype(bool))
+    logits, cache = model(input_ids, pixel_values, cache_mask, positions, cache, 0, row_images=True)
+    key, sub = jax.random.split(key)
+    token = _sample(logits[:, -1], sub, temperature, top_p)
+    out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
+    done = jnp.zeros(batch, bool)
+    last_position = positions[:, -1]
+
+    def cond(carry):
+        i, _, _, _, _, done, _, _ = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, cache, cache_mask, token, position, done, out, key = carry
+        out = out.at[:, i].set(jnp.where(done, pad_id, token))
+        done = done | jnp.isin(token, stop_ids)
+        position = position + 1
+        cache_mask = cache_mask.at[:, prompt_len + i].set(True)
+        logits, cache = model(token[:, None], None, cache_mask, position[:, None], cache, prompt_len + i)
+        key, sub = jax.random.split(key)
+        return i + 1, cache, cache_mask, _sample(logits[:, -1], sub, temperature, top_p), position, done, out, key
+
+    carry = (jnp.int32(0), cache, cache_mask, token, last_position, done, out, key)
+    return jax.lax.while_loop(cond, body, carry)[6]
+
+
+class Generator:
+    """Compiles once per (batch size, prompt bucket, sampling settings) and reuses the executable."""
+
+    def __init__(self, model: LlavaForConditionalGeneration, *, pad_id: int, stop_ids: Sequence[int],
+                 batch_size: int = 8, buckets: Sequence[int] = PROMPT_BUCKETS):
+        self.graphdef, self.state = nnx.split(model)
+        self.config = model.config
+        self.pad_id = pad_id
+        self.stop_ids = jnp.asarray(list(stop_ids), jnp.int32)
+        self.batch_size = batch_size
+        self.buckets = tuple(buckets)
+        self.cache_dtype = model.language_model.model.dtype
+        self._compiled = {}
+        self.compilations = 0
+
+    def _function(self, sampling: SamplingConfig):
+        key = (sampling.max_new_tokens, sampling.temperature, sampling.top_p)
+        if key not in self._compiled:
+            def count_and_decode(*args):
+                self.compilations += 1  # runs only while tracing
+                return _decode(*args, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                               top_p=sampling.top_p, pad_id=self.pad_id, cache_dtype=self.cache_dtype)
+            self._compiled[key] = jax.jit(count_and_decode)
+        return self._compiled[key]
+
+    def generate(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | None],
+                 sampling: SamplingConfig = SamplingConfig()) -> list[np.ndarray]:
+        """Token ids of each prompt's continuation, up to and including its stop token."""
+        if len(prompts) > self.batch_size:
+            raise ValueError(f"{len(prompts)} prompts exceed the generator's batch size {self.batch_size}")
+        length = bucket(max(len(p) for p in prompts), self.buckets)
+        size = self.config.vision.image_size
+        ids = np.full((self.batch_size, length), self.pad_id, np.int32)
+        mask = np.zeros((self.batch_size, length), bool)
+        pixels = np.zeros((self.batch_size, 3, size, size), np.float32)
+        for row, (prompt, image) in enumerate(zip(prompts, images)):
+            ids[row, length - len(prompt):] = prompt
+            mask[row, length - len(prompt):] = True
+            if image is not None:
+                pixels[row] = image
+        mask[len(prompts):, -1] = True  # filler rows: one visible token keeps their attention well defined
+        key = jax.random.key(sampling.seed)
+        out = np.asarray(self._function(sampling)(self.graphdef, self.state, ids, mask, pixels, self.stop_ids, key))
+        results = []
+        for row in range(len(prompts)):
+            tokens = out[row]
+            stops = np.flatnonzero(np.isin(tokens, np.asarray(self.stop_ids)))
+            results.append(tokens[: stops[0] + 1] if len(stops) else tokens)
+        return results
