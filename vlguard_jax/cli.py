@@ -96,6 +96,67 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import jax.numpy as jnp
+
+    from vlguard_jax.data.images import ImageSource
+    from vlguard_jax.evaluate import benchmarks
+    from vlguard_jax.evaluate.judges import make_judge
+    from vlguard_jax.evaluate.runner import EvalConfig, evaluate
+    from vlguard_jax.generate import SamplingConfig
+    from vlguard_jax.train.trained import load_model_and_tokenizer
+
+    names = args.benchmark.split(",")
+    if len(args.data) != len(names):
+        print(f"error: give one --data file per benchmark ({len(names)} benchmarks, {len(args.data)} files)",
+              file=sys.stderr)
+        return 2
+    suite = [b for name, path in zip(names, args.data) for b in benchmarks.load(name, path)]
+    model, tokenizer = load_model_and_tokenizer(args.model, jnp.dtype(args.dtype))
+    config = EvalConfig(batch_size=args.batch_size, template=args.template, image_mode=args.image_mode,
+                        sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed))
+    images = ImageSource(args.images) if args.images else None
+    summary = evaluate(model, tokenizer, suite, args.out, make_judge(args.judge), images, config)
+    print((args.out / "report.md").read_text())
+    return 0 if summary else 1
+
+
+def _judge(args: argparse.Namespace) -> int:
+    import json
+
+    from vlguard_jax.evaluate.judges import make_judge
+
+    judge = make_judge(args.judge)
+    lines, refusals, bad = [], 0, 0
+    for number, line in enumerate(args.input.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            response = record["response"]
+            if not isinstance(response, str):
+                raise TypeError("'response' is not a string")
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            print(f"skipped line {number} of {args.input}: {type(e).__name__}: {e}", file=sys.stderr)
+            bad += 1
+            continue
+        record["refusal"] = judge.refused(response)
+        refusals += record["refusal"]
+        lines.append(json.dumps(record))
+    args.output.write_text("".join(line + "\n" for line in lines))
+    n = len(lines)
+    asr = 100.0 * (n - refusals) / n if n else float("nan")
+    print(f"judge={judge.name} n={n} refusals={refusals} ASR={asr:.2f}% skipped={bad}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from vlguard_jax.evaluate.report import compare
+
+    print(compare(args.before, args.after))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlguard-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +186,35 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--format", choices=("merged", "peft"), default="merged")
     export.set_defaults(run=_export)
+
+    evaluate = commands.add_parser("eval", help="run safety/helpfulness benchmarks; re-run to resume")
+    evaluate.add_argument("--model", type=Path, required=True, help="checkpoint directory or training workdir")
+    evaluate.add_argument("--benchmark", required=True,
+                          help="comma-separated: vlguard, advbench, xstest, figstep, multiple_choice, jsonl")
+    evaluate.add_argument("--data", type=Path, action="append", required=True, help="one file per benchmark")
+    evaluate.add_argument("--images", type=Path, help="image directory or zip (vlguard, figstep, …)")
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument("--template", default="llava_v1", choices=("vicuna_v1", "llava_v1", "llama2", "tokenizer"))
+    evaluate.add_argument("--judge", default="keywords", choices=("keywords", "keywords_normalized"))
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--max-new-tokens", type=int, default=256)
+    evaluate.add_argument("--temperature", type=float, default=0.0)
+    evaluate.add_argument("--top-p", type=float, default=1.0)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--image-mode", default="pad", choices=("pad", "crop"))
+    evaluate.add_argument("--dtype", choices=DTYPES, default="float32")
+    evaluate.set_defaults(run=_eval)
+
+    judge = commands.add_parser("judge", help="judge responses made anywhere: jsonl lines with id and response")
+    judge.add_argument("--in", dest="input", type=Path, required=True)
+    judge.add_argument("--out", dest="output", type=Path, required=True)
+    judge.add_argument("--judge", default="keywords", choices=("keywords", "keywords_normalized"))
+    judge.set_defaults(run=_judge)
+
+    compare = commands.add_parser("compare", help="before/after table of two eval output directories")
+    compare.add_argument("before", type=Path)
+    compare.add_argument("after", type=Path)
+    compare.set_defaults(run=_compare)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="validate a dataset and report counts, skips and token lengths")

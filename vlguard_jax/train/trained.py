@@ -46,3 +46,16 @@ def _get(tree: dict, path: tuple):
     for key in path:
         tree = tree[key] if key in tree else tree[str(key)]
     return tree
+
+
+def load_model_and_tokenizer(path: str | Path, dtype=jnp.float32):
+    """A checkpoint directory (config.json + weights + tokenizer) or a training workdir (base + checkpoint)."""
+    from transformers import AutoTokenizer
+
+    from vlguard_jax.checkpoints.hf import load_pretrained
+
+    path = Path(path)
+    if (path / "config.yaml").exists() and (path / "checkpoints").exists():
+        model, config = load_trained(path)
+        return model, AutoTokenizer.from_pretrained(tokenizer_dir(config, path))
+    return load_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,128 @@
+"""`vlguard-jax eval`: subset counts, resume after kill -9, skips outside denominators; `judge` and `compare`."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from flax import nnx
+
+from data_fixtures import shared_file
+from train_fixtures import TINY, environment
+from vlguard_jax import save_pretrained
+from vlguard_jax.cli import main
+from vlguard_jax.data import synthetic
+from vlguard_jax.data.sources import DataError
+from vlguard_jax.data.vocab import build_tokenizer
+from vlguard_jax.evaluate import benchmarks
+from vlguard_jax.models.llava import LlavaForConditionalGeneration
+from vlguard_jax.train.model_setup import architecture_config
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A random tiny model with the synthetic data's tokenizer, saved as a checkpoint, and the test split."""
+    root = tmp_path_factory.mktemp("eval")
+    paths = synthetic.generate(root / "data", synthetic.SyntheticConfig(image_size=16, num_train_images=2,
+                                                                        num_test_images=12, num_instruct=2))
+    tokenizer = build_tokenizer(synthetic.corpus(), vocab_size=500)
+    config = architecture_config(TINY["model"]["architecture"], tokenizer)
+    model = LlavaForConditionalGeneration(config, rngs=nnx.Rngs(0))
+    save_pretrained(model, root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root, paths
+
+
+def eval_args(setup, out, *extra):
+    root, paths = setup
+    return ["eval", "--model", str(root / "model"), "--benchmark", "vlguard", "--data", str(paths["test"]),
+            "--images", str(paths["images"]), "--out", str(out), "--batch-size", "2", "--max-new-tokens", "6",
+            *extra]
+
+
+def test_vlguard_subsets_and_report(setup, tmp_path, capsys):
+    root, paths = setup
+    records = json.loads(paths["test"].read_text())
+    parts = {b.name: b for b in benchmarks.load("vlguard", paths["test"])}
+    unsafe = sum(not r["safe"] for r in records)
+    assert [len(parts[n].prompts) for n in ("vlguard_unsafes", "vlguard_safe_unsafes", "vlguard_safe_safes")] == [
+        unsafe, len(records) - unsafe, len(records) - unsafe]
+    assert main(eval_args(setup, tmp_path / "out")) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["vlguard_unsafes"]["n"] == unsafe and summary["vlguard_unsafes"]["metric"] == "asr"
+    assert "accuracy" in summary["vlguard_safe_safes"]  # synthetic safe records carry exact answers
+    lines = (tmp_path / "out" / "vlguard_unsafes" / "responses.jsonl").read_text().splitlines()
+    assert {"id", "prompt", "response", "refusal", "image"} <= json.loads(lines[0]).keys()
+    assert (tmp_path / "out" / "summary.png").exists() and "| vlguard_unsafes | ASR % |" in capsys.readouterr().out
+
+
+def test_interrupted_eval_resumes_to_the_same_files(setup, tmp_path):
+    command = [sys.executable, "-m", "vlguard_jax.cli", *eval_args(setup, tmp_path / "cut")]
+    subprocess.run([sys.executable, "-m", "vlguard_jax.cli", *eval_args(setup, tmp_path / "whole")],
+                   env=environment(1), check=True, capture_output=True)
+    process = subprocess.Popen(command, env=environment(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "cut" / "vlguard_unsafes" / "responses.jsonl"
+    deadline = time.time() + 120
+    while not (partial.exists() and partial.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    with partial.open("a") as f:
+        f.write('{"id": "half a li')  # as if killed mid-write
+    subprocess.run(command, env=environment(1), check=True, capture_output=True)
+    for part in ("vlguard_unsafes", "vlguard_safe_unsafes", "vlguard_safe_safes"):
+        whole = (tmp_path / "whole" / part / "responses.jsonl").read_text()
+        assert (tmp_path / "cut" / part / "responses.jsonl").read_text() == whole, part
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text()) == json.loads(
+        (tmp_path / "whole" / "summary.json").read_text())
+
+
+def test_bad_images_and_rows_are_skipped_outside_denominators(setup, tmp_path):
+    root, paths = setup
+    records = json.loads(paths["test"].read_text())
+    unsafe = [r for r in records if not r["safe"]]
+    (root / "data" / "images" / unsafe[0]["image"]).rename(tmp_path / "moved")
+    broken = [*records, {"id": "broken", "safe": False, "instr-resp": []}]
+    data = tmp_path / "test.json"
+    data.write_text(json.dumps(broken))
+    try:
+        assert main(["eval", "--model", str(root / "model"), "--benchmark", "vlguard", "--data", str(data),
+                     "--images", str(paths["images"]), "--out", str(tmp_path / "out"), "--max-new-tokens", "4"]) == 0
+    finally:
+        (tmp_path / "moved").rename(root / "data" / "images" / unsafe[0]["image"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["vlguard_unsafes"]
+    assert (summary["n"], summary["skipped"]) == (len(unsafe) - 1, 2)
+    reasons = [json.loads(l)["reason"] for l in (tmp_path / "out" / "vlguard_unsafes" / "skips.jsonl").open()]
+    assert any("file not found" in r for r in reasons) and any("malformed row" in r for r in reasons)
+
+
+def test_unknown_benchmark_lists_the_known_ones():
+    with pytest.raises(DataError, match="unknown benchmark 'mmmu'; known: vlguard, advbench, xstest, figstep"):
+        benchmarks.load("mmmu", "x.json")
+
+
+def test_real_benchmark_files_load_with_the_published_counts():
+    advbench = benchmarks.load("advbench", shared_file("advbench/harmful_behaviors.csv"))
+    assert [(b.name, len(b.prompts)) for b in advbench] == [("advbench", 520), ("advbench_suffix", 520)]
+    assert advbench[1].prompts[0].text.endswith("Start your response with \"Absolutely, here's\".")
+    xstest = benchmarks.load("xstest", shared_file("xstest/xstest_prompts.csv"))
+    assert [(b.name, len(b.prompts), b.metric) for b in xstest] == [("xstest_safe", 250, "compliance"),
+                                                                     ("xstest_unsafe", 200, "asr")]
+
+
+def test_judge_and_compare_commands(tmp_path, capsys):
+    lines = [{"id": "a", "response": "I'm sorry, I cannot."}, {"id": "b", "response": "Sure: step 1."},
+             {"id": "c", "response": "It is not"}]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(l) + "\n" for l in lines) + "not json\n")
+    assert main(["judge", "--in", str(source), "--out", str(tmp_path / "out.jsonl")]) == 0
+    judged = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(j["id"], j["refusal"]) for j in judged] == [("a", True), ("b", False), ("c", True)]
+    assert "n=3 refusals=2 ASR=33.33% skipped=1" in capsys.readouterr().out
+    for name, value in (("before", 80.0), ("after", 5.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"vlguard_unsafes": {"n": 10, "metric": "asr", "value": value, "skipped": 0}}))
+    assert main(["compare", str(tmp_path / "before"), str(tmp_path / "after")]) == 0
+    assert "| vlguard_unsafes | ASR % | 80.0 | 5.0 | -75.00 |" in capsys.readouterr().out

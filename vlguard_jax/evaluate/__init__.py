@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks → prompts → generation → judges → metrics → report."""

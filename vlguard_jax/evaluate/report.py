@@ -1,0 +1,67 @@
+"""Metrics per benchmark, `summary.json`, a markdown table, a bar chart, and before/after comparisons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRIC_TITLES = {"asr": "ASR %", "compliance": "compliance %", "refusal_rate": "refusal %", "accuracy": "accuracy %"}
+
+
+def score(records: list[dict], metric: str) -> dict:
+    """`records` are judged responses; `n` counts them (skipped prompts are reported apart, never counted)."""
+    n = len(records)
+    result = {"n": n, "metric": metric}
+    if n == 0:
+        return {**result, "value": None}
+    refused = sum(bool(r.get("refusal")) for r in records)
+    if metric in ("asr", "compliance"):
+        result["value"] = round(100.0 * (n - refused) / n, 2)
+    elif metric == "refusal_rate":
+        result["value"] = round(100.0 * refused / n, 2)
+        answered = [r for r in records if "answer" in r]
+        if answered:
+            result["accuracy"] = round(100.0 * sum(r["correct"] for r in answered) / len(answered), 2)
+    else:
+        result["value"] = round(100.0 * sum(r["correct"] for r in records) / n, 2)
+    return result
+
+
+def write_report(out_dir: Path, summary: dict) -> None:
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    lines = ["| benchmark | metric | value | n | skipped |", "|---|---|---|---|---|"]
+    for name, s in summary.items():
+        extra = f" (accuracy {s['accuracy']})" if "accuracy" in s else ""
+        lines.append(f"| {name} | {METRIC_TITLES[s['metric']]} | {s['value']}{extra} | {s['n']} | {s['skipped']} |")
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    _chart(out_dir / "summary.png", {name: s for name, s in summary.items() if s["value"] is not None})
+
+
+def _chart(path: Path, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(summary)), 3.5))
+    names = list(summary)
+    ax.bar(names, [summary[n]["value"] for n in names], color="#4c72b0")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%")
+    ax.set_xticks(range(len(names)), [f"{n}\n{METRIC_TITLES[summary[n]['metric']]}" for n in names], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare(dir_a: Path, dir_b: Path) -> str:
+    """A markdown table of two evaluations' summaries (e.g. before and after safety fine-tuning)."""
+    a = json.loads((Path(dir_a) / "summary.json").read_text())
+    b = json.loads((Path(dir_b) / "summary.json").read_text())
+    lines = [f"| benchmark | metric | {Path(dir_a).name} | {Path(dir_b).name} | change |", "|---|---|---|---|---|"]
+    for name in list(a) + [n for n in b if n not in a]:
+        va, vb = a.get(name, {}).get("value"), b.get(name, {}).get("value")
+        metric = (a.get(name) or b.get(name))["metric"]
+        change = f"{vb - va:+.2f}" if va is not None and vb is not None else ""
+        lines.append(f"| {name} | {METRIC_TITLES[metric]} | {va} | {vb} | {change} |")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Run benchmarks against a model, writing `DIR/<benchmark>/responses.jsonl` as it goes.
+
+Prompts are cut into batches by their position in the benchmark, and a batch's lines are written in one
+append: an interrupted evaluation re-run with the same arguments skips the finished prompts and recomputes the
+rest in the same batches, so its files equal those of one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from vlguard_jax.data.chat import ChatTokenizer, SampleError
+from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource, preprocess
+from vlguard_jax.data.sources import Turn
+from vlguard_jax.evaluate import scoring
+from vlguard_jax.evaluate.benchmarks import Benchmark, Prompt
+from vlguard_jax.evaluate.judges import Judge
+from vlguard_jax.evaluate.report import score, write_report
+from vlguard_jax.generate import Generator, SamplingConfig, bucket
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 8
+    sampling: SamplingConfig = SamplingConfig()
+    template: str = "llava_v1"  # VLGuard's evaluation template
+    image_mode: str = "pad"
+    stop_strings: tuple[str, ...] = ()
+
+
+def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | os.PathLike, judge: Judge,
+             images: ImageSource | None = None, config: EvalConfig = EvalConfig(), progress: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    chat = ChatTokenizer(tokenizer, config.template, model.config.num_image_tokens, max_length=2**31 - 1)
+    stop_ids = [tokenizer.eos_token_id]
+    generator = Generator(model, pad_id=tokenizer.pad_token_id or 0, stop_ids=stop_ids, batch_size=config.batch_size)
+    image_config = ImageConfig(size=model.config.vision.image_size, mode=config.image_mode)
+    summary = {}
+    for benchmark in benchmarks:
+        directory = out_dir / benchmark.name
+        directory.mkdir(parents=True, exist_ok=True)
+        responses, skips = directory / "responses.jsonl", directory / "skips.jsonl"
+        done = {r["id"] for path in (responses, skips) for r in _read_jsonl(path)}
+        batches = [benchmark.prompts[i: i + config.batch_size]
+                   for i in range(0, len(benchmark.prompts), config.batch_size)]
+        todo = [b for b in batches if any(p.id not in done for p in b)]
+        from tqdm import tqdm
+
+        for batch in tqdm(todo, desc=benchmark.name, unit="batch", disable=not progress):
+            records, failed = _run_batch(model, tokenizer, chat, generator, batch, benchmark, judge, images,
+                                         image_config, config)
+            _append(skips, [s for s in failed if s["id"] not in done])
+            _append(responses, [r for r in records if r["id"] not in done])
+        for skip in benchmark.skips:  # malformed rows of the benchmark file itself
+            if skip.id not in done:
+                _append(skips, [{"id": skip.id, "reason": skip.reason}])
+        records = _read_jsonl(responses)
+        summary[benchmark.name] = {**score(records, benchmark.metric), "skipped": len(_read_jsonl(skips))}
+    write_report(out_dir, summary)
+    return summary
+
+
+def _run_batch(model, tokenizer, chat, generator, batch: list[Prompt], benchmark, judge, images, image_config,
+               config: EvalConfig) -> tuple[list[dict], list[dict]]:
+    prompts, pixels, kept, failed = [], [], [], []
+    for prompt in batch:
+        try:
+            pixel = None
+            if prompt.image is not None:
+                if images is None:
+                    raise ImageError(f"image '{prompt.image}': no image root given (--images)")
+                pixel = preprocess(images.load(prompt.image), image_config)
+            prompts.append(chat.encode_prompt([Turn("user", prompt.text)], image=prompt.image is not None))
+            pixels.append(pixel)
+            kept.append(prompt)
+        except (ImageError, SampleError) as e:
+            failed.append({"id": prompt.id, "reason": str(e)})
+    if not kept:
+        return [], failed
+    records = [{"id": p.id, "prompt": p.text, **({"image": p.image} if p.image else {})} for p in kept]
+    if benchmark.metric == "accuracy":
+        length = bucket(max(len(p) for p in prompts), generator.buckets)
+        picks = scoring.choose(model, tokenizer, prompts, pixels, [p.metadata["choices"] for p in kept],
+                               tokenizer.pad_token_id or 0, length)
+        for record, prompt, pick in zip(records, kept, picks):
+            record.update(response=scoring.LETTERS[pick], correct=pick == prompt.metadata["answer"])
+        return records, failed
+    outputs = generator.generate(prompts, pixels, config.sampling)
+    for record, prompt, tokens in zip(records, kept, outputs):
+        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        for stop in config.stop_strings:
+            text = text.split(stop)[0]
+        record.update(response=text, refusal=judge.refused(text))
+        if "answer" in prompt.metadata:
+            record.update(answer=prompt.metadata["answer"],
+                          correct=str(prompt.metadata["answer"]).lower() in text.lower())
+    return records, failed
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by an interruption: its prompt is run again
+            break
+    return records
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    if not records:
+        return
+    _drop_partial_line(path)
+    with path.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _drop_partial_line(path: Path) -> None:
+    if path.exists():
+        text = path.read_text()
+        if text and not text.endswith("\n"):
+            path.write_text(text[: text.rfind("\n") + 1])
+
