@@ -59,7 +59,7 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, 
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
     cache = KVCache.zeros(model.config.text, batch, total, cache_dtype)
     cache_mask = jnp.zeros((batch, total), bool).at[:, :prompt_len].set(attention_mask.astype(bool))
-    logits, cache = model(input_ids, pixel_values, cache_mask, positions, cache, 0, row_images=True)
+    logits, cache = model(input_ids, pixel_values, cache_mask, positions, cache, 0, row_images=True, last_only=True)
     key, sub = jax.random.split(key)
     token = _sample(logits[:, -1], sub, temperature, top_p)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)

@@ -13,7 +13,7 @@ LETTERS = "ABCDEFGHIJ"
 @nnx.jit
 def _last_logits(model, ids, mask, pixels):
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    logits = model(ids, pixels, mask, positions, row_images=True)
+    logits = model(ids, pixels, mask, positions, row_images=True, last_only=True)
     return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1)
 
 

@@ -86,12 +86,13 @@ class LlamaAttention(nnx.Module):
         q = apply_rope(self.q_proj(x, keys[0]).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x, keys[1]).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x, keys[2]).reshape(b, t, self.num_kv_heads, self.head_dim)
-        if kv_cache is not None:
-            k_cache, v_cache = kv_cache
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, offset, 0, 0))
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, offset, 0, 0))
-            kv_cache = (k_cache, v_cache)
-            k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
+        if kv_cache is not None:  # every layer's cache, updated in place at (layer, :, offset)
+            k_all, v_all, layer = kv_cache
+            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, offset, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, offset, 0, 0))
+            kv_cache = (k_all, v_all)
+            k = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False).astype(q.dtype)
+            v = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False).astype(q.dtype)
         out = attention(q, k, v, mask)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim), keys[3]), kv_cache
 
@@ -153,14 +154,17 @@ class LlamaModel(nnx.Module):
         mask = causal_mask(attention_mask, inputs_embeds.shape[1], cache_index)
         x = constrain(inputs_embeds.astype(self.dtype), ("batch", "length", "act_embed"))
 
-        def body(layer, h, xs):
-            kv, key = xs
-            return layer(h, cos, sin, mask, kv, cache_index, key)
+        def body(layer, carry, xs):
+            h, kv = carry  # the whole cache rides in the carry, so XLA updates it in place
+            index, key = xs
+            h, kv = layer(h, cos, sin, mask, None if kv is None else (*kv, index), cache_index, key)
+            return (h, kv), None
 
-        keys = None if dropout_key is None else jax.random.split(dropout_key, self.config.num_layers)
-        x, new_kv = scan_layers(self.layers, body, x, (None if cache is None else (cache.k, cache.v), keys),
-                                remat=self.remat)
-        return self.norm(x), None if cache is None else KVCache(*new_kv)
+        num_layers = self.config.num_layers
+        keys = None if dropout_key is None else jax.random.split(dropout_key, num_layers)
+        (x, kv), _ = scan_layers(self.layers, body, (x, None if cache is None else (cache.k, cache.v)),
+                                 (jnp.arange(num_layers), keys), remat=self.remat)
+        return self.norm(x), None if cache is None else KVCache(*kv)
 
 
 class LlamaForCausalLM(nnx.Module):

@@ -84,13 +84,13 @@ class LlavaForConditionalGeneration(nnx.Module):
     def __call__(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
                  attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-                 dropout_key: jax.Array | None = None, row_images: bool = False):
+                 dropout_key: jax.Array | None = None, row_images: bool = False, last_only: bool = False):
         """Logits `[batch, len, vocab]`; with a `cache`, the pair `(logits, updated cache)`.
 
-        `row_images`: `pixel_values[b]` is row b's image (see `splice_image_features`); `dropout_key` turns on
-        LoRA dropout.
         Without `positions`, position ids are `cache_index + arange(len)` (what HF's forward uses);
-        left-padded generation passes positions counted over the attention mask instead.
+        left-padded generation passes positions counted over the attention mask instead. `row_images`:
+        `pixel_values[b]` is row b's image (see `splice_image_features`); `dropout_key` turns on LoRA dropout;
+        `last_only` projects only the last position to the vocabulary (a prefill needs nothing more).
         """
         batch, length = input_ids.shape
         if attention_mask is None:
@@ -101,7 +101,7 @@ class LlavaForConditionalGeneration(nnx.Module):
             positions = jnp.broadcast_to(cache_index + jnp.arange(length), (batch, length))
         hidden, cache = self.language_model.model(self.embed(input_ids, pixel_values, row_images), positions,
                                                   attention_mask, cache, cache_index, dropout_key)
-        logits = self.language_model.logits(hidden)
+        logits = self.language_model.logits(hidden[:, -1:] if last_only else hidden)
         return logits if cache is None else (logits, cache)
 
 
