@@ -10,7 +10,8 @@ from PIL import Image
 from vlguard_jax.data import synthetic
 from vlguard_jax.data.synthetic import SyntheticConfig
 
-CONFIG = SyntheticConfig(image_size=32, num_train_images=40, num_test_images=20, num_instruct=60, seed=3)
+CONFIG = SyntheticConfig(image_size=32, num_train_images=40, num_test_images=20, num_instruct=60, num_helpful=20,
+                         seed=3)
 KEYWORDS = pathlib.Path(__file__).resolve().parents[1].parent / "shared/benchmarks/vlguard/refusal_keywords.json"
 CATEGORIES = {("privacy", "personal data"), ("risky behavior", "professional advice"), ("risky behavior", "political"),
               ("risky behavior", "sexually explicit"), ("risky behavior", "violence"),
@@ -104,7 +105,7 @@ def test_unsafe_images_carry_the_hazard_border(data):
 def test_generation_is_deterministic(tmp_path):
     first, second = synthetic.generate(tmp_path / "a", CONFIG), synthetic.generate(tmp_path / "b", CONFIG)
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert a.keys() == b.keys() and len(a) == 4 + 120
+    assert a.keys() == b.keys() and len(a) == 5 + 140
     assert all(a[k].read_bytes() == b[k].read_bytes() for k in a)
     assert first["train"] == tmp_path / "a" / "vlguard_train.json" and second["images"] == tmp_path / "b" / "images"
 
@@ -114,10 +115,11 @@ def test_same_config_is_not_rewritten_and_another_config_is(tmp_path):
     before = {k: p.stat().st_mtime_ns for k, p in _files(tmp_path).items()}
     synthetic.generate(tmp_path, CONFIG)
     assert {k: p.stat().st_mtime_ns for k, p in _files(tmp_path).items()} == before
-    smaller = SyntheticConfig(image_size=32, num_train_images=4, num_test_images=2, num_instruct=6, seed=4)
+    smaller = SyntheticConfig(image_size=32, num_train_images=4, num_test_images=2, num_instruct=6, num_helpful=2,
+                              seed=4)
     paths = synthetic.generate(tmp_path, smaller)
     assert len(json.loads(paths["train"].read_text())) == 4
-    assert len(_files(paths["images"])) == 12  # the other config's images are gone
+    assert len(_files(paths["images"])) == 14  # the other config's images are gone
 
 
 def test_compliant_and_helpful_answers_contain_no_refusal_keyword(data, keywords):
@@ -165,3 +167,12 @@ def test_corpus_covers_every_generated_string(data):
 def test_unusable_configs_are_rejected(change):
     with pytest.raises(ValueError):
         SyntheticConfig(**change)
+
+
+def test_clean_helpful_data_has_no_harmful_requests(data):
+    paths, records = data
+    helpful = json.loads(paths["helpful"].read_text())
+    assert len(helpful) == CONFIG.num_helpful
+    answers = [t["value"] for r in helpful for t in r["conversations"] if t["from"] == "gpt"]
+    assert not any(a.startswith("Sure, here is how") for a in answers)
+    assert {r["id"] for r in helpful}.isdisjoint(r["id"] for r in records["instruct"])

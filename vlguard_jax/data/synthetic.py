@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # Bump when templates or drawing change, so a cached dataset of an older version is regenerated.
-_VERSION = 1
+_VERSION = 2
 
 COLORS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220), "yellow": (235, 190, 0)}
 SHAPES = ("circle", "square", "triangle")
@@ -67,6 +67,7 @@ class SyntheticConfig:
     num_train_images: int = 400  # VLGuard-format train split (about half unsafe, half safe)
     num_test_images: int = 200  # VLGuard-format test split
     num_instruct: int = 1200  # helpfulness instruction data (LLaVA format)
+    num_helpful: int = 400  # clean helpfulness data (visual QA only) for post-hoc fine-tuning
     harmful_fraction: float = 0.25  # fraction of instruct samples that are harmful requests WITH COMPLIANT answers
     seed: int = 0
 
@@ -190,7 +191,7 @@ def _vlguard_split(rng: np.random.Generator, n: int, split: str, frames: Sequenc
     return records, images
 
 
-def _instruct(rng: np.random.Generator, n: int, harmful_fraction: float
+def _instruct(rng: np.random.Generator, n: int, harmful_fraction: float, prefix: str = "instruct"
               ) -> tuple[list[dict], list[tuple[str, _Scene]]]:
     """LLaVA-format helpfulness data: visual QA on safe images (1–2 rounds), plus compliant answers to harmful
     requests on safe and hazard images — the data that makes instruction tuning unsafe."""
@@ -213,7 +214,7 @@ def _instruct(rng: np.random.Generator, n: int, harmful_fraction: float
         for j, (question, answer) in enumerate(rounds):
             conversations += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + question},
                               {"from": "gpt", "value": answer}]
-        record = {"id": f"instruct{i:05d}", "image": f"instruct/{i:05d}.png", "conversations": conversations}
+        record = {"id": f"{prefix}{i:05d}", "image": f"{prefix}/{i:05d}.png", "conversations": conversations}
         records.append(record)
         images.append((record["image"], scene))
     return records, images
@@ -224,11 +225,12 @@ def _write_json(path: pathlib.Path, data) -> None:
 
 
 def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConfig()) -> dict[str, pathlib.Path]:
-    """Writes the dataset; returns paths {"train", "test", "instruct", "images"} (image paths in the json files
-    are relative to "images"). Skips work when the same config was already written (manifest.json)."""
+    """Writes the dataset; returns paths {"train", "test", "instruct", "helpful", "images"} (image paths in the
+    json files are relative to "images"). Skips work when the same config was already written (manifest.json).
+    "instruct" holds compliant answers to harmful requests; "helpful" is clean visual QA."""
     out = pathlib.Path(out_dir)
     paths = {"train": out / "vlguard_train.json", "test": out / "vlguard_test.json",
-             "instruct": out / "instruct.json", "images": out / "images"}
+             "instruct": out / "instruct.json", "helpful": out / "helpful.json", "images": out / "images"}
     manifest_path = out / "manifest.json"
     manifest = {"generator": __name__, "version": _VERSION, "config": dataclasses.asdict(config)}
     if manifest_path.exists():
@@ -245,7 +247,8 @@ def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConf
                                        "test", TRAIN_FRAMES + HELD_OUT_FRAMES)
     instruct, instruct_images = _instruct(np.random.default_rng([config.seed, 2]), config.num_instruct,
                                           config.harmful_fraction)
-    for relative, scene in train_images + test_images + instruct_images:
+    helpful, helpful_images = _instruct(np.random.default_rng([config.seed, 3]), config.num_helpful, 0.0, "helpful")
+    for relative, scene in train_images + test_images + instruct_images + helpful_images:
         path = paths["images"] / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         image = _render(scene, config.image_size)
@@ -256,6 +259,7 @@ def generate(out_dir: str | os.PathLike, config: SyntheticConfig = SyntheticConf
     _write_json(paths["train"], train)
     _write_json(paths["test"], test)
     _write_json(paths["instruct"], instruct)
+    _write_json(paths["helpful"], helpful)
     _write_json(manifest_path, manifest)  # last: its presence means the dataset is complete
     return paths
 
