@@ -73,25 +73,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import shutil
+    from vlguard_jax.train.trained import export_workdir
 
-    from vlguard_jax.checkpoints.peft import export_merged, export_peft
-    from vlguard_jax.train.trained import load_trained, tokenizer_dir
-
-    model, config = load_trained(args.workdir)
-    if args.format == "peft":
-        if config.train.mode != "lora":
-            print("error: a PEFT adapter needs a LoRA run (train.mode: lora); export merged weights", file=sys.stderr)
-            return 2
-        lora = config.train.lora
-        export_peft(model, args.out, alpha=lora.alpha, dropout=lora.dropout, rslora=lora.rslora,
-                    base_model=config.model.path, projector=True)
-    else:
-        export_merged(model, args.out)
-    source = tokenizer_dir(config, args.workdir)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
-        if (source / name).exists():
-            shutil.copy(source / name, Path(args.out) / name)
+    try:
+        export_workdir(args.workdir, args.out, args.format)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.format} export of {args.workdir} to {args.out}")
     return 0
 
@@ -157,9 +145,49 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from vlguard_jax.demo import run_demo
+
+    run_demo(args.out, args.scale)
+    print(f"summary, chart and every stage's outputs in {args.out}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from vlguard_jax.config import load_config
+    from vlguard_jax.sweep import run_sweep
+
+    config = None
+    if args.config is not None:
+        if not (args.test_json and args.images):
+            print("error: a sweep over a real config needs --test-json and --images", file=sys.stderr)
+            return 2
+        config = load_config(args.config, args.overrides)
+    fractions = [float(f) for f in args.fractions.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    run_sweep(args.out, fractions, seeds, args.scale, config, args.test_json, args.images)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlguard-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="the whole method on a tiny model in minutes, on a CPU")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--scale", type=float, default=1.0, help="dataset size factor (smaller: quicker check)")
+    demo.set_defaults(run=_demo)
+
+    sweep = commands.add_parser("sweep", help="post-hoc fine-tuning over amounts of safety data, each evaluated")
+    sweep.add_argument("--out", type=Path, default=Path("runs/sweep"))
+    sweep.add_argument("--fractions", default="0,0.05,0.1,0.25,0.5,1", help="fractions of the safety data")
+    sweep.add_argument("--seeds", default="0", help="comma-separated seeds")
+    sweep.add_argument("--scale", type=float, default=1.0, help="demo dataset size factor")
+    sweep.add_argument("--config", type=Path, help="a real post-hoc config instead of the demo model")
+    sweep.add_argument("--test-json", help="VLGuard test.json (with --config)")
+    sweep.add_argument("--images", help="its image directory or zip (with --config)")
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    sweep.set_defaults(run=_sweep)
 
     convert = commands.add_parser(
         "convert", help="convert a checkpoint (original LLaVA + CLIP, or any llava-hf layout) to llava-hf layout")

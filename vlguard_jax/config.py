@@ -114,7 +114,12 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
-    return _build(Config, raw, str(path or "overrides"), "")
+    return config_from_dict(raw, str(path or "overrides"))
+
+
+def config_from_dict(raw: dict, source: str) -> Config:
+    """A `Config` from plain data; `source` names where it came from in error messages."""
+    return _build(Config, raw, source, "")
 
 
 def _build(cls, raw: Any, source: str, prefix: str):

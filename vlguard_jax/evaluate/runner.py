@@ -44,6 +44,8 @@ def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | o
         directory = out_dir / benchmark.name
         directory.mkdir(parents=True, exist_ok=True)
         responses, skips = directory / "responses.jsonl", directory / "skips.jsonl"
+        for path in (responses, skips):
+            _drop_partial_line(path)  # a line cut by an interruption: its prompt runs again
         done = {r["id"] for path in (responses, skips) for r in _read_jsonl(path)}
         batches = [benchmark.prompts[i: i + config.batch_size]
                    for i in range(0, len(benchmark.prompts), config.batch_size)]
@@ -104,19 +106,12 @@ def _run_batch(model, tokenizer, chat, generator, batch: list[Prompt], benchmark
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by an interruption: its prompt is run again
-            break
-    return records
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _append(path: Path, records: list[dict]) -> None:
     if not records:
         return
-    _drop_partial_line(path)
     with path.open("a") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records))
         f.flush()

@@ -59,3 +59,28 @@ def load_model_and_tokenizer(path: str | Path, dtype=jnp.float32):
         model, config = load_trained(path)
         return model, AutoTokenizer.from_pretrained(tokenizer_dir(config, path))
     return load_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
+
+
+def export_workdir(workdir: str | Path, out: str | Path, format: str = "merged") -> Path:
+    """Merged llava-hf weights or a PEFT adapter of a run, with its tokenizer beside them."""
+    import shutil
+
+    from vlguard_jax.checkpoints.peft import export_merged, export_peft
+
+    workdir, out = Path(workdir), Path(out)
+    model, config = load_trained(workdir)
+    if format == "peft":
+        if config.train.mode != "lora":
+            raise ValueError("a PEFT adapter needs a LoRA run (train.mode: lora); export merged weights instead")
+        lora = config.train.lora
+        export_peft(model, out, alpha=lora.alpha, dropout=lora.dropout, rslora=lora.rslora,
+                    base_model=config.model.path, projector=True)
+    elif format == "merged":
+        export_merged(model, out)
+    else:
+        raise ValueError(f"unknown export format {format!r} (merged or peft)")
+    source = tokenizer_dir(config, workdir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+        if (source / name).exists():
+            shutil.copy(source / name, out / name)
+    return out

@@ -1,0 +1,84 @@
+"""`vlguard-jax sweep`: post-hoc fine-tuning over amounts of safety data (and seeds), each run evaluated.
+
+On the demo model by default (its stage-1 model is trained once and reused); with `config`, on a real post-hoc
+recipe, evaluated on a VLGuard test file. Sub-samples of one seed are nested, so a larger run sees every
+safety sample of a smaller one. Writes `sweep.json`, `sweep.md` and `sweep.png` (ASR and helpfulness against
+the number of safety samples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Sequence
+
+from vlguard_jax.config import Config
+from vlguard_jax.demo import DEMO_EVAL, evaluate_model, instruction_tune, posthoc, prepare
+from vlguard_jax.evaluate.runner import EvalConfig
+from vlguard_jax.train.loop import train
+
+COLUMNS = ("unsafe_asr", "safe_unsafe_asr", "safe_safe_refusal_rate", "helpfulness_accuracy")
+
+
+def run_sweep(out: str | Path, fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0),
+              seeds: Sequence[int] = (0,), scale: float = 1.0, config: Config | None = None,
+              test_json: str | None = None, images: str | None = None) -> list[dict]:
+    out = Path(out)
+    eval_config = DEMO_EVAL
+    if config is None:
+        paths = prepare(out, scale)
+        base = out / "instruct" / "hf"
+        if not (base / "config.json").exists():
+            base = instruction_tune(out, paths)
+        safety_total = len(json.loads(Path(paths["train"]).read_text()))
+    else:
+        paths = {"test": test_json, "images": images}
+        eval_config = EvalConfig(batch_size=8, template=config.data.template)
+        safety_total = len(json.loads(Path(config.data.safety).read_text()))
+    rows = []
+    for seed in seeds:
+        for fraction in fractions:
+            name = f"fraction{fraction:g}_seed{seed}"
+            if config is None:
+                workdir = posthoc(out / name, paths, base, fraction, seed)
+            else:
+                workdir = out / name
+                data = dataclasses.replace(config.data, safety_fraction=fraction, seed=seed)
+                train(dataclasses.replace(config, data=data,
+                                          train=dataclasses.replace(config.train, seed=seed)), workdir)
+            metrics = evaluate_model(workdir, paths, out / f"eval_{name}", eval_config)
+            rows.append({"safety_fraction": fraction, "safety_samples": round(fraction * safety_total),
+                         "seed": seed, **metrics})
+            print(json.dumps(rows[-1]))
+    (out / "sweep.json").write_text(json.dumps(rows, indent=1))
+    header = "| safety samples | fraction | seed | " + " | ".join(COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (3 + len(COLUMNS))]
+    lines += [f"| {r['safety_samples']} | {r['safety_fraction']:g} | {r['seed']} | "
+              + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, out / "sweep.png")
+    print("\n".join(lines))
+    return rows
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    samples = sorted({r["safety_samples"] for r in rows})
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for column in COLUMNS:
+        means = [np.mean([r[column] for r in rows if r["safety_samples"] == s]) for s in samples]
+        ax.plot(samples, means, marker="o", label=column.replace("_", " "))
+    ax.set_xlabel("safety samples in post-hoc fine-tuning")
+    ax.set_ylabel("%")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
