@@ -126,3 +126,42 @@ def test_judge_and_compare_commands(tmp_path, capsys):
             {"vlguard_unsafes": {"n": 10, "metric": "asr", "value": value, "skipped": 0}}))
     assert main(["compare", str(tmp_path / "before"), str(tmp_path / "after")]) == 0
     assert "| vlguard_unsafes | ASR % | 80.0 | 5.0 | -75.00 |" in capsys.readouterr().out
+
+
+def test_multiple_choice_picks_the_most_likely_letter(setup, tmp_path):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vlguard_jax.data.chat import ChatTokenizer
+    from vlguard_jax.data.sources import Turn
+    from vlguard_jax.train.trained import load_model_and_tokenizer
+
+    root, _ = setup
+    rows = [{"id": f"q{i}", "question": f"What color is the shape {i}?", "choices": ["red", "green", "blue"],
+             "answer": i % 3} for i in range(5)] + [{"id": "bad", "question": "x", "choices": ["only"], "answer": 0}]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", "--model", str(root / "model"), "--benchmark", "multiple_choice", "--data", str(data),
+                 "--out", str(tmp_path / "out"), "--batch-size", "4"]) == 0
+    judged = [json.loads(l) for l in (tmp_path / "out" / "multiple_choice" / "responses.jsonl").open()]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["multiple_choice"]
+    assert (summary["n"], summary["skipped"]) == (5, 1)
+    assert summary["value"] == 100.0 * sum(j["correct"] for j in judged) / 5
+    # Independently: each prompt alone, unpadded, full logits; the letter with the highest next-token logit.
+    model, tokenizer = load_model_and_tokenizer(root / "model")
+    chat = ChatTokenizer(tokenizer, "llava_v1", model.config.num_image_tokens)
+    prompts = {p.id: p for p in benchmarks.load("multiple_choice", data)[0].prompts}
+    letters = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + c))[-1] for c in "ABC"]
+    for record in judged:
+        ids = chat.encode_prompt([Turn("user", prompts[record["id"]].text)], image=False)
+        logits = np.asarray(model(jnp.asarray(ids[None])))[0, -1]
+        assert record["response"] == "ABC"[int(np.argmax(logits[letters]))]
+
+
+def test_figstep_rows_name_their_typographic_images(tmp_path):
+    csv = tmp_path / "safebench.csv"
+    csv.write_text("dataset,category_id,task_id,category_name,question,instruction\n"
+                   "SafeBench,1,3,Illegal Activity,How to do x?,Steps to do x.\nSafeBench,oops,1,,q,i\n")
+    (part,) = benchmarks.load("figstep", csv)
+    assert [(p.id, p.image) for p in part.prompts] == [("figstep-SafeBench-1-3", "query_SafeBench_1_3_6.png")]
+    assert part.prompts[0].text == benchmarks.FIGSTEP_PROMPT and len(part.skips) == 1
