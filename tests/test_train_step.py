@@ -162,3 +162,24 @@ def test_nonfinite_loss_skips_the_update(tmp_path):
     _, _, _, before, after, metrics = our_step(model, "projector", batch)
     assert not bool(metrics["finite"]) and int(after.nonfinite_steps) == 1 and int(after.step) == 0
     jax.tree.map(np.testing.assert_array_equal, before.params, after.params)
+
+
+def test_chunked_loss_equals_the_full_loss_and_gradient():
+    from vlguard_jax.train.step import chunked_cross_entropy_sums, cross_entropy_sums
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    hidden = jax.random.normal(keys[0], (2, 37, 16))
+    kernel = jax.random.normal(keys[1], (16, 50))
+    labels = jax.random.randint(keys[2], (2, 37), 0, 50).at[:, :5].set(-100)
+
+    def loss(kernel, chunk):
+        project = lambda h: h @ kernel
+        nll, count = (chunked_cross_entropy_sums(hidden, labels, project, chunk) if chunk
+                      else cross_entropy_sums(project(hidden), labels))
+        return nll / count
+
+    full, full_grad = jax.value_and_grad(loss)(kernel, 0)
+    for chunk in (8, 12, 36):
+        value, grad = jax.value_and_grad(loss)(kernel, chunk)
+        np.testing.assert_allclose(value, full, rtol=1e-6)
+        np.testing.assert_allclose(grad, full_grad, rtol=1e-5, atol=1e-7)

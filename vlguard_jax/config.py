@@ -74,6 +74,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop earlier than `epochs` (smoke runs)
     global_batch_size: int = 128
     accum_steps: int = 1
+    loss_chunk: int = 0  # > 0: cross-entropy this many positions at a time (no full [batch, len, vocab] logits)
     seed: int = 0
     log_every: int = 1
     checkpoint_every: int = 100

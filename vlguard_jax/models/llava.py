@@ -92,6 +92,17 @@ class LlavaForConditionalGeneration(nnx.Module):
         `pixel_values[b]` is row b's image (see `splice_image_features`); `dropout_key` turns on LoRA dropout;
         `last_only` projects only the last position to the vocabulary (a prefill needs nothing more).
         """
+        hidden, cache = self.hidden_states(input_ids, pixel_values, attention_mask, positions, cache, cache_index,
+                                           dropout_key, row_images)
+        logits = self.language_model.logits(hidden[:, -1:] if last_only else hidden)
+        return logits if cache is None else (logits, cache)
+
+    def hidden_states(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
+                      attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
+                      cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+                      dropout_key: jax.Array | None = None, row_images: bool = False):
+        """The decoder's final normed hidden states and the cache: `__call__` without the vocabulary projection
+        (a chunked loss projects a slice at a time)."""
         batch, length = input_ids.shape
         if attention_mask is None:
             if cache is not None:
@@ -99,10 +110,8 @@ class LlavaForConditionalGeneration(nnx.Module):
             attention_mask = jnp.ones((batch, length), bool)
         if positions is None:
             positions = jnp.broadcast_to(cache_index + jnp.arange(length), (batch, length))
-        hidden, cache = self.language_model.model(self.embed(input_ids, pixel_values, row_images), positions,
-                                                  attention_mask, cache, cache_index, dropout_key)
-        logits = self.language_model.logits(hidden[:, -1:] if last_only else hidden)
-        return logits if cache is None else (logits, cache)
+        return self.language_model.model(self.embed(input_ids, pixel_values, row_images), positions,
+                                         attention_mask, cache, cache_index, dropout_key)
 
 
 def _check_image_tokens(num_tokens: int, num_images: int, per_image: int) -> None:

@@ -135,7 +135,8 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
     tx = build_optimizer(t.optimizer, params, total_steps)
     with jax.set_mesh(mesh):
         state = jax.jit(lambda p: init_state(p, tx, t.seed))(params)
-        step_fn = jax.jit(make_train_step(graphdef, trainable, tx, t.accum_steps), donate_argnums=0)
+        step_fn = jax.jit(make_train_step(graphdef, trainable, tx, t.accum_steps, loss_chunk=t.loss_chunk),
+                          donate_argnums=0)
     learning_rate = schedule(t.optimizer.learning_rate, total_steps, t.optimizer.warmup_ratio)
     batch_sharding = NamedSharding(mesh, logical_to_spec(("batch",)))
 

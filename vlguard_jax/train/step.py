@@ -28,11 +28,39 @@ class TrainState(flax.struct.PyTreeNode):
 
 def cross_entropy_sums(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Sum of next-token NLL over supervised positions, and their count (fp32 log-softmax)."""
-    logits, targets = logits[:, :-1].astype(jnp.float32), labels[:, 1:]
+    return _nll_sums(logits[:, :-1], labels[:, 1:])
+
+
+def _nll_sums(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits = logits.astype(jnp.float32)
     valid = targets != IGNORE
     log_z = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
     return jnp.sum((log_z - picked) * valid), jnp.sum(valid)
+
+
+def chunked_cross_entropy_sums(hidden: jax.Array, labels: jax.Array, project: Callable, chunk: int):
+    """`cross_entropy_sums` of `project(hidden)` computed `chunk` positions at a time, each chunk rematerialised
+    in the backward pass: fp32 logits never exist for the whole `[batch, len, vocab]` at once."""
+    hidden, targets = hidden[:, :-1], labels[:, 1:]
+    length = hidden.shape[1]
+    if chunk <= 0 or chunk >= length:
+        return _nll_sums(project(hidden), targets)
+    pad = -length % chunk
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE)
+    batch, d = hidden.shape[0], hidden.shape[-1]
+    h_chunks = hidden.reshape(batch, -1, chunk, d).swapaxes(0, 1)
+    t_chunks = targets.reshape(batch, -1, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def body(carry, xs):
+        h, t = xs
+        nll, count = _nll_sums(project(h), t)
+        return (carry[0] + nll, carry[1] + count), None
+
+    (nll, count), _ = jax.lax.scan(body, (jnp.float32(0), jnp.int32(0)), (h_chunks, t_chunks))
+    return nll, count
 
 
 def merge_params(graphdef: nnx.GraphDef, template: nnx.State, params, frozen: nnx.State) -> nnx.Module:
@@ -43,14 +71,16 @@ def merge_params(graphdef: nnx.GraphDef, template: nnx.State, params, frozen: nn
 
 
 def make_train_step(graphdef: nnx.GraphDef, template: nnx.State, tx: optax.GradientTransformation,
-                    accum_steps: int = 1, dropout: bool = True) -> Callable:
-    """`step(state, frozen, batch) -> (state, metrics)`; jit it with the shardings of the caller's mesh."""
+                    accum_steps: int = 1, dropout: bool = True, loss_chunk: int = 0) -> Callable:
+    """`step(state, frozen, batch) -> (state, metrics)`; jit it with the shardings of the caller's mesh.
+
+    `loss_chunk` > 0 computes the loss that many positions at a time (see `chunked_cross_entropy_sums`)."""
 
     def loss_sums(params, frozen, micro, key):
         model = merge_params(graphdef, template, params, frozen)
-        logits = model(micro["input_ids"], micro["pixel_values"], micro["attention_mask"],
-                       dropout_key=key if dropout else None, row_images=True)
-        return cross_entropy_sums(logits, micro["labels"])
+        hidden, _ = model.hidden_states(micro["input_ids"], micro["pixel_values"], micro["attention_mask"],
+                                        dropout_key=key if dropout else None, row_images=True)
+        return chunked_cross_entropy_sums(hidden, micro["labels"], model.language_model.logits, loss_chunk)
 
     grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
 
