@@ -31,6 +31,7 @@ class ModelConfig:
     architecture: dict | None = None  # llava-hf config.json dict: random init instead of `path` (tiny models)
     dtype: str = "float32"  # compute dtype and the dtype of frozen weights; trainable weights stay fp32
     remat: str = "none"
+    attention_chunk: int = 0  # decoder queries per attention block (0: all); bounds the scores' memory
 
 
 @dataclasses.dataclass(frozen=True)

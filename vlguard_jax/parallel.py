@@ -26,6 +26,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv", "tensor"),
     ("vocab", "tensor"),
     ("norm", None),
+    ("lora_rank", "fsdp"),  # adapters whose other dims are not fsdp-sharded split their rank instead
     ("act_embed", None),  # the residual stream's feature axis: replicated (params' `embed` takes fsdp)
 )
 

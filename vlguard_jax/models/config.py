@@ -223,3 +223,17 @@ class LlavaConfig:
             "vision_feature_select_strategy": self.vision_feature_select_strategy,
             "tie_word_embeddings": self.text.tie_word_embeddings,
         }
+
+
+def _llava15(hidden: int, intermediate: int, layers: int, heads: int) -> LlavaConfig:
+    text = TextConfig(vocab_size=32064, hidden_size=hidden, intermediate_size=intermediate, num_layers=layers,
+                      num_heads=heads, num_kv_heads=heads, head_dim=128, rms_norm_eps=1e-5, rope_theta=10000.0,
+                      max_position_embeddings=4096, pad_token_id=32001)
+    return LlavaConfig(vision=VisionConfig(), text=text)
+
+
+# Shapes of the published checkpoints (REFERENCE §1), for planning memory before any weights are downloaded.
+KNOWN_ARCHITECTURES = {
+    "llava-1.5-7b": _llava15(4096, 11008, 32, 32),
+    "llava-1.5-13b": _llava15(5120, 13824, 40, 40),
+}

@@ -62,11 +62,19 @@ class Linear(nnx.Module):
             y = y + self.bias[...].astype(self.dtype)
         if self.lora_a is not None:
             if dropout_key is not None and self.lora_dropout > 0:
-                keep = jax.random.bernoulli(dropout_key, 1 - self.lora_dropout, x.shape)
-                x = jnp.where(keep, x / (1 - self.lora_dropout), 0).astype(self.dtype)
+                x = dropout(dropout_key, x, self.lora_dropout)
             low_rank = jnp.dot(x, self.lora_a[...].astype(self.dtype))
             y = y + jnp.dot(low_rank, self.lora_b[...].astype(self.dtype)) * self.lora_scale
         return y
+
+
+def dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout whose mask comes from XLA's RngBitGenerator (an `rbg` key seeded from `key`) at 16 bits
+    per element: threefry float masks cost a fifth of a CPU LoRA step. The rate is resolved to 1/65536."""
+    generator = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
+    dropped = round(rate * 65536)
+    keep = jax.random.bits(generator, x.shape, jnp.uint16) >= dropped
+    return jnp.where(keep, x * (65536 / (65536 - dropped)), 0).astype(x.dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -131,13 +139,28 @@ def scan_layers(layers: nnx.Module, body: Callable, carry, xs=None, *, remat: st
     return jax.lax.scan(step, carry, (state, xs))
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, query_chunk: int = 0) -> jax.Array:
     """Scaled dot-product attention, `[batch, len, heads, head_dim]` layout, native grouped-query heads.
 
     `mask` is boolean `[batch, 1, q_len, kv_len]` (True = attend). Rows with no key to attend return the mean of
-    `v` rather than NaN; such positions are padding and carry no loss.
+    `v` rather than NaN; such positions are padding and carry no loss. `query_chunk` > 0 attends that many
+    queries at a time, each block rematerialised in the backward pass, so the fp32 scores exist for one block
+    (`[batch, heads, chunk, kv_len]`) instead of the whole square: what lets long sequences fit in memory.
     """
-    return jax.nn.dot_product_attention(q, k, v, mask=mask)
+    length = q.shape[1]
+    if query_chunk <= 0 or length <= query_chunk:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask)
+    pad = -length % query_chunk
+    if mask is None:
+        mask = jnp.ones((q.shape[0], 1, length, k.shape[1]), bool)
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    blocks = (length + pad) // query_chunk
+    q_blocks = jnp.moveaxis(q.reshape(q.shape[0], blocks, query_chunk, *q.shape[2:]), 1, 0)
+    mask_blocks = jnp.moveaxis(mask.reshape(*mask.shape[:2], blocks, query_chunk, mask.shape[-1]), 2, 0)
+    block = jax.checkpoint(lambda qb, mb: jax.nn.dot_product_attention(qb, k, v, mask=mb))
+    out = jax.lax.map(lambda xs: block(*xs), (q_blocks, mask_blocks))
+    return jnp.moveaxis(out, 0, 1).reshape(q.shape)[:, :length]
 
 
 class Embedding(nnx.Module):

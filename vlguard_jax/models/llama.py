@@ -80,6 +80,7 @@ class LlamaAttention(nnx.Module):
         self.k_proj = Linear(d, kv, ("embed", "kv"), **kw)
         self.v_proj = Linear(d, kv, ("embed", "kv"), **kw)
         self.o_proj = Linear(q, d, ("heads", "embed"), **kw)
+        self.query_chunk = 0  # see `set_attention_chunk`
 
     def __call__(self, x, cos, sin, mask, kv_cache, offset, keys=(None,) * 4):
         b, t, _ = x.shape
@@ -93,8 +94,15 @@ class LlamaAttention(nnx.Module):
             kv_cache = (k_all, v_all)
             k = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False).astype(q.dtype)
             v = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False).astype(q.dtype)
-        out = attention(q, k, v, mask)
+        out = attention(q, k, v, mask, self.query_chunk)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim), keys[3]), kv_cache
+
+
+def set_attention_chunk(model: nnx.Module, chunk: int) -> None:
+    """Decoder attention computes `chunk` queries at a time (0: all at once); see `layers.attention`."""
+    for _, module in nnx.iter_graph(model):
+        if isinstance(module, LlamaAttention):
+            module.query_chunk = chunk
 
 
 class LlamaMLP(nnx.Module):

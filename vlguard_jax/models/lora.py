@@ -50,9 +50,13 @@ def apply_lora(model: nnx.Module, config: LoraConfig, rngs: nnx.Rngs) -> list[st
         axes = kernel.get_metadata().get("out_sharding") or (None,) * kernel.ndim
         bound = 1.0 / math.sqrt(fan_in)  # PEFT: kaiming_uniform_(a=sqrt(5)) on lora_A
         a = jax.random.uniform(rngs.params(), (*lead, fan_in, config.rank), jnp.float32, -bound, bound)
-        module.lora_a = nnx.LoRAParam(a, out_sharding=(*axes[:-1], None), eager_sharding=False)
+        # FSDP shards each adapter once: along `embed` where the kernel has it, else along the rank.
+        in_axis, out_axis = axes[-2], axes[-1]
+        a_axes = (*axes[:-2], in_axis, None if in_axis == "embed" else "lora_rank")
+        b_axes = (*axes[:-2], None if out_axis == "embed" else "lora_rank", out_axis)
+        module.lora_a = nnx.LoRAParam(a, out_sharding=a_axes, eager_sharding=False)
         module.lora_b = nnx.LoRAParam(jnp.zeros((*lead, config.rank, fan_out), jnp.float32),
-                                      out_sharding=(*axes[:-2], None, axes[-1]), eager_sharding=False)
+                                      out_sharding=b_axes, eager_sharding=False)
         module.lora_scale = config.scale
         module.lora_dropout = config.dropout
     return sorted(modules)

@@ -30,7 +30,7 @@ from vlguard_jax.train.checkpointing import Checkpointer
 from vlguard_jax.train.metrics_log import MetricsLog, plot_loss
 from vlguard_jax.train.model_setup import build_model
 from vlguard_jax.train.optimizer import build_optimizer, schedule
-from vlguard_jax.train.step import init_state, make_train_step
+from vlguard_jax.train.step import init_state, make_train_step, state_shardings
 from vlguard_jax.train.trainable import split_model
 
 # Sections that must not change under an existing checkpoint (epochs / max_steps may, to extend a run).
@@ -134,7 +134,8 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
                                                  is_leaf=lambda x: isinstance(x, nnx.Variable)))
     tx = build_optimizer(t.optimizer, params, total_steps)
     with jax.set_mesh(mesh):
-        state = jax.jit(lambda p: init_state(p, tx, t.seed))(params)
+        state = jax.jit(lambda p: init_state(p, tx, t.seed), out_shardings=state_shardings(params, tx, t.seed, mesh))(
+            params)
         step_fn = jax.jit(make_train_step(graphdef, trainable, tx, t.accum_steps, loss_chunk=t.loss_chunk),
                           donate_argnums=0)
     learning_rate = schedule(t.optimizer.learning_rate, total_steps, t.optimizer.warmup_ratio)

@@ -13,6 +13,7 @@ from vlguard_jax.checkpoints.hf import load_pretrained
 from vlguard_jax.config import ConfigError, ModelConfig, TrainConfig
 from vlguard_jax.data.sources import IMAGE_PLACEHOLDER
 from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.llama import set_attention_chunk
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.models.lora import LoraConfig, apply_lora
 
@@ -29,6 +30,7 @@ def build_model(config: ModelConfig, train: TrainConfig, tokenizer) -> LlavaForC
     if len(tokenizer) > model.config.text.vocab_size:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
                           f"{model.config.text.vocab_size}: use the tokenizer that belongs to the checkpoint")
+    set_attention_chunk(model, config.attention_chunk)
     if train.mode == "lora":
         lora = train.lora
         apply_lora(model, LoraConfig(lora.rank, lora.alpha, lora.dropout, lora.targets, lora.rslora),

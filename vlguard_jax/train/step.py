@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax.data.chat import IGNORE
 
@@ -116,3 +117,24 @@ def make_train_step(graphdef: nnx.GraphDef, template: nnx.State, tx: optax.Gradi
 def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=jax.random.key(seed), nonfinite_steps=jnp.zeros((), jnp.int32))
+
+
+def state_shardings(params, tx: optax.GradientTransformation, seed: int, mesh: Mesh) -> TrainState:
+    """Shardings of `init_state(params)`: optimizer moments take their parameter's sharding, scalars are
+    replicated. (Left to XLA, the moments come out replicated: `zeros_like` does not depend on the sharded
+    input, so every device would hold the whole optimizer state.)
+
+    `params` are arrays or `ShapeDtypeStruct`s that carry their `sharding`; a moment is matched to the
+    parameter whose key path ends its own and whose shape it has."""
+    by_path = {tuple(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def sharding(path, leaf):
+        for start in range(len(path)):
+            param = by_path.get(tuple(path[start:]))
+            if param is not None and param.shape == leaf.shape:
+                return param.sharding
+        return replicated
+
+    abstract = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
+    return jax.tree_util.tree_map_with_path(sharding, abstract)

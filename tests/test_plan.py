@@ -1,0 +1,99 @@
+"""`plan`: abstract 7B shapes match the published parameter counts, the FLOPs formula matches XLA's count, and
+per-device bytes on 8 virtual devices are the totals divided by the shards."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.train_fixtures import TINY
+from vlguard_jax.config import config_from_dict
+from vlguard_jax.models.config import KNOWN_ARCHITECTURES, LlavaConfig, TextConfig, VisionConfig
+from vlguard_jax.models.llava import LlavaForConditionalGeneration
+from vlguard_jax.models.lora import LoraConfig, apply_lora
+from vlguard_jax.plan import abstract_model, plan, train_flops
+from vlguard_jax.train.optimizer import OptimizerConfig, build_optimizer
+from vlguard_jax.train.step import init_state, make_train_step
+from vlguard_jax.train.trainable import split_model
+
+
+def _count(state) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
+
+
+def test_llava15_7b_shapes_have_the_published_parameter_counts():
+    model = nnx.eval_shape(lambda: LlavaForConditionalGeneration(KNOWN_ARCHITECTURES["llava-1.5-7b"],
+                                                                 rngs=nnx.Rngs(0)))
+    assert _count(nnx.state(model.vision_tower)) == 303_507_456
+    assert _count(nnx.state(model.multi_modal_projector)) == 20_979_712
+    assert _count(nnx.state(model.language_model)) == 6_738_939_904
+    apply_lora(model, LoraConfig(rank=128), nnx.Rngs(1))
+    assert _count(nnx.state(model, nnx.LoRAParam)) == 319_815_680
+
+
+def _one_layer_model() -> LlavaConfig:
+    """Matmul-dominated widths, one layer each, the last vision layer read (so the tower runs it)."""
+    vision = VisionConfig(hidden_size=128, intermediate_size=512, num_layers=1, num_heads=4, image_size=32,
+                          patch_size=8)
+    text = TextConfig(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_layers=1, num_heads=4,
+                      num_kv_heads=2, head_dim=64, max_position_embeddings=512)
+    return LlavaConfig(vision=vision, text=text, image_token_id=1000, vision_feature_layer=-1)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_train_flops_formula_matches_xla_cost_analysis(mode):
+    llava, rows, length, rank = _one_layer_model(), 4, 128, 16
+    model = LlavaForConditionalGeneration(llava, rngs=nnx.Rngs(0))
+    if mode == "lora":
+        apply_lora(model, LoraConfig(rank=rank, dropout=0.0), nnx.Rngs(1))
+    graphdef, trainable, frozen = split_model(model, mode)
+    params = nnx.to_pure_dict(trainable)
+    tx = build_optimizer(OptimizerConfig(), params, total_steps=10)
+    state = jax.eval_shape(lambda p: init_state(p, tx, 0), params)
+    batch = {"input_ids": jax.ShapeDtypeStruct((rows, length), jnp.int32),
+             "labels": jax.ShapeDtypeStruct((rows, length), jnp.int32),
+             "attention_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_),
+             "pixel_values": jax.ShapeDtypeStruct((rows, 3, 32, 32), jnp.float32)}
+    compiled = jax.jit(make_train_step(graphdef, trainable, tx, dropout=False)).lower(state, frozen, batch).compile()
+    xla = compiled.cost_analysis()["flops"]
+    ours = train_flops(llava, mode, rows, length, rank)
+    assert abs(ours - xla) / xla < 0.10, (ours, xla)
+
+
+def _tiny_config(mode: str, fsdp: int):
+    train = {**TINY["train"], "mode": mode, "lora": {"rank": 8, "alpha": 16.0}}  # a rank the 8 shards divide
+    raw = {**TINY, "train": train, "mesh": {"data": 1, "fsdp": fsdp, "tensor": 1}}
+    return config_from_dict(raw, "tests/test_plan.py")
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_plan_on_8_devices_divides_parameter_bytes_by_the_shards(mode):
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (virtual) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    config = _tiny_config(mode, fsdp=8)
+    llava = LlavaConfig.from_hf(config.model.architecture)
+    _, trainable, frozen = split_model(abstract_model(llava, config), mode)
+    nbytes = lambda x, itemsize=None: int(np.prod(x.shape)) * (itemsize or x.dtype.itemsize)
+    trainable_total = sum(nbytes(x, 4) for x in jax.tree.leaves(trainable))  # trained in fp32
+    frozen_total = sum(nbytes(x) for x in jax.tree.leaves(frozen))
+    # Only vectors (norm scales, some biases; one per layer when stacked) may stay whole on every device;
+    # every matrix is split 8 ways.
+    def vector_bytes(state, itemsize=None):
+        leaves = jax.tree_util.tree_leaves_with_path(state)
+        is_vector = lambda path, x: x.ndim - ("'layers'" in jax.tree_util.keystr(path)) <= 1
+        return sum(nbytes(x, itemsize) for path, x in leaves if is_vector(path, x))
+
+    trainable_vectors, frozen_vectors = vector_bytes(trainable, 4), vector_bytes(frozen)
+
+    one, eight = plan(_tiny_config(mode, fsdp=1), 1), plan(config, 8)
+    assert one["per_device_bytes"]["trainable_params"] == trainable_total
+    assert one["per_device_bytes"]["frozen_params"] == frozen_total
+    for name, total, vectors in (("trainable_params", trainable_total, trainable_vectors),
+                                 ("frozen_params", frozen_total, frozen_vectors)):
+        assert total / 8 <= eight["per_device_bytes"][name] <= total / 8 + vectors, name
+    adam = eight["per_device_bytes"]["optimizer_state"]  # two moments per trainable weight, plus step counts
+    assert 2 * trainable_total / 8 <= adam <= 2 * (trainable_total / 8 + trainable_vectors) + 64
+    assert eight["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert eight["model_flops_per_step"] == one["model_flops_per_step"] > 0
+    assert eight["per_device_bytes"]["peak"] < one["per_device_bytes"]["peak"]
