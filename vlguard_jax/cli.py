@@ -169,6 +169,39 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", args.devices)  # before the first device query: virtual CPUs
+    from vlguard_jax.config import load_config
+    from vlguard_jax.plan import plan
+
+    overrides = list(args.overrides)
+    if args.mesh:
+        overrides += [f"mesh.{part}" for part in args.mesh.split(",")]
+    if jax.default_backend() == "cpu" and jax.device_count() < args.devices:
+        print(f"error: only {jax.device_count()} devices are available", file=sys.stderr)
+        return 2
+    result = plan(load_config(args.config, overrides), args.devices, args.architecture)
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    for name, value in result["per_device_bytes"].items():
+        print(f"{name:>18}: {gib(value)} per device")
+    print("fits in HBM (GB): " + ", ".join(f"{gb}: {'yes' if ok else 'no'}" for gb, ok in result["fits_hbm_gb"].items()))
+    print(f"model FLOPs per step: {result['model_flops_per_step']:.3e} ({result['model_flops_per_token']:.3e}/token)")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from vlguard_jax.bench.run import run
+
+    run(args.sizes, args.out, args.repeats, tuple(args.decode_batch), pipeline=not args.no_pipeline)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlguard-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--images", help="its image directory or zip (with --config)")
     sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     sweep.set_defaults(run=_sweep)
+
+    planner = commands.add_parser("plan", help="per-device memory and FLOPs of a config's train step (AOT, abstract)")
+    planner.add_argument("--config", type=Path, required=True)
+    planner.add_argument("--devices", type=int, required=True, help="devices to plan for (virtual CPUs are fine)")
+    planner.add_argument("--mesh", help="e.g. data=1,fsdp=8,tensor=1 (default: the config's)")
+    planner.add_argument("--architecture", help="a known shape instead of model.path: llava-1.5-7b, llava-1.5-13b")
+    planner.add_argument("--out", type=Path, help="write the plan as json")
+    planner.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    planner.set_defaults(run=_plan)
+
+    bench = commands.add_parser("bench", help="train-step, decode and pipeline throughput beside transformers + PEFT")
+    bench.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "7b", "13b"])
+    bench.add_argument("--out", type=Path, help="write the results as json (rewritten after every measurement)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed pairs per figure (medians are reported)")
+    bench.add_argument("--decode-batch", type=int, nargs="+", default=[1, 32])
+    bench.add_argument("--no-pipeline", action="store_true", help="skip the input-pipeline measurement")
+    bench.set_defaults(run=_bench)
 
     convert = commands.add_parser(
         "convert", help="convert a checkpoint (original LLaVA + CLIP, or any llava-hf layout) to llava-hf layout")

@@ -1,0 +1,159 @@
+"""Runs the benchmark: matmul peak, train steps (LoRA, full), decode, input pipeline; prints a table and writes
+JSON after every measurement (a long run that dies keeps what it measured).
+
+Model FLOPs come from `plan.train_flops` (stated there: frozen-base LoRA has no weight-gradient matmuls);
+MFU divides them by the step time and the peak. XLA's cost analysis is reported beside them, but it counts a
+scanned layer stack's body once, so it undercounts whole models by about the number of layers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import importlib.util
+import json
+import os
+import platform
+from pathlib import Path
+
+import jax
+
+from vlguard_jax.bench import ours
+from vlguard_jax.bench.peak import compute_dtype, datasheet_peak, measured_matmul_peak
+from vlguard_jax.bench.pipeline import samples_per_second
+from vlguard_jax.bench.shapes import SIZES, BenchSize
+from vlguard_jax.bench.timing import alternate
+from vlguard_jax.plan import train_flops
+
+DECODE_PROMPT = 600
+DECODE_NEW_TOKENS = 256
+RATIO_SIZE = "small"  # the size whose figures fill the `ratios` and `mfu` summaries
+
+
+def _write(out: Path | None, results: dict) -> None:
+    if out is not None:
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text(json.dumps(results, indent=1))
+        os.replace(partial, out)
+
+
+def _skip_reason(size: BenchSize, mode: str) -> str | None:
+    if size.accelerator_only and jax.default_backend() == "cpu":
+        return "a 7B/13B-shaped step takes many minutes on a CPU: run it on an accelerator"
+    stats = jax.devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    # Both stacks are resident: bf16 weights each, plus fp32 weights, gradients and two Adam moments when full.
+    need = size.parameters * (2 + 2 + (32 if mode == "full" else 0))
+    if limit is not None and need > 0.9 * limit:
+        return f"needs about {need / 1e9:.0f} GB for both stacks, the device has {limit / 1e9:.0f} GB"
+    return None
+
+
+def _train(size: BenchSize, mode: str, peak: float, datasheet: float | None, torch_side, repeats: int) -> dict:
+    run_ours, facts = ours.train_step(size, mode, compute_dtype())
+    run_theirs = torch_side.train_step(size, mode) if torch_side else None
+    ours_s, theirs_s = alternate(run_ours, run_theirs, repeats)
+    tokens = size.train_rows * size.train_len
+    flops = train_flops(size.model, mode, size.train_rows, size.train_len, size.lora_rank)
+    result = {"rows": size.train_rows, "seq_len": size.train_len, "step_s": ours_s, "tokens_per_s": tokens / ours_s,
+              "compile_s": facts["compile_s"], "model_flops_per_token": flops / tokens,
+              "model_flops_per_step": flops, "xla_flops_per_step_scan_bodies_once": facts["xla_flops_scan_bodies_once"],
+              "mfu_measured_peak": flops / ours_s / peak,
+              "mfu_datasheet_peak": flops / ours_s / datasheet if datasheet else None}
+    if theirs_s is not None:
+        result["torch"] = {"step_s": theirs_s, "tokens_per_s": tokens / theirs_s,
+                           "mfu_measured_peak": flops / theirs_s / peak}
+        result["ratio_vs_torch"] = theirs_s / ours_s
+    return result
+
+
+def _decode(size: BenchSize, rows: int, torch_side, repeats: int) -> dict:
+    run_ours, first_ours = ours.decode(size, rows, DECODE_PROMPT, DECODE_NEW_TOKENS, compute_dtype())
+    run_theirs, _ = torch_side.decode(size, rows, DECODE_PROMPT, DECODE_NEW_TOKENS) if torch_side else (None, None)
+    ours_s, theirs_s = alternate(run_ours, run_theirs, repeats)
+    tokens = rows * DECODE_NEW_TOKENS
+    result = {"batch": rows, "prompt_tokens": DECODE_PROMPT, "new_tokens": DECODE_NEW_TOKENS,
+              "seconds": ours_s, "tokens_per_s": tokens / ours_s, "compile_s": max(first_ours - ours_s, 0.0)}
+    if theirs_s is not None:
+        result["torch"] = {"seconds": theirs_s, "tokens_per_s": tokens / theirs_s}
+        result["ratio_vs_torch"] = theirs_s / ours_s
+    return result
+
+
+def _torch_side():
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("peft") is None:
+        return None
+    from vlguard_jax.bench import theirs
+
+    return theirs
+
+
+def run(sizes: list[str], out: Path | None, repeats: int = 3, decode_batches: tuple[int, ...] = (1, 32),
+        pipeline: bool = True) -> dict:
+    device = jax.devices()[0]
+    torch_side = _torch_side()
+    results = {"date": datetime.date.today().isoformat(), "backend": jax.default_backend(),
+               "device": device.device_kind, "host": f"{platform.processor() or platform.machine()}, "
+                                                     f"{os.cpu_count()} cores", "jax": jax.__version__,
+               "torch": torch_side.torch.__version__ if torch_side else "not installed: pip install -e '.[test]'",
+               "compute_dtype": compute_dtype().name, "repeats": repeats, "sizes": {}}
+    peak = measured_matmul_peak()
+    datasheet = datasheet_peak(device.device_kind)
+    results["peak"] = {"measured_matmul_flops_per_s": peak["flops_per_s"], "matmul": peak,
+                       "datasheet_flops_per_s": datasheet}
+    _print(f"matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['dtype']}, {peak['size']}³)")
+    _write(out, results)
+    for name in sizes:
+        size = SIZES[name]
+        entry = results["sizes"].setdefault(name, {"parameters": size.parameters, "train": {}, "decode": {}})
+        for mode in ("lora", "full"):
+            reason = _skip_reason(size, mode)
+            entry["train"][mode] = {"skipped": reason} if reason else _train(
+                size, mode, peak["flops_per_s"], datasheet, torch_side, repeats)
+            _print_train(name, mode, entry["train"][mode])
+            _write(out, results)
+            gc.collect()
+        for rows in decode_batches:
+            reason = _skip_reason(size, "decode")
+            entry["decode"][f"batch_{rows}"] = {"skipped": reason} if reason else _decode(size, rows, torch_side,
+                                                                                         repeats)
+            _print_decode(name, entry["decode"][f"batch_{rows}"], rows)
+            _write(out, results)
+            gc.collect()
+    if pipeline:
+        results["pipeline"] = samples_per_second()
+        _print(f"input pipeline: {results['pipeline']['samples_per_s']:.0f} samples/s at 336 px")
+    results["ratios"], results["mfu"] = _summaries(results["sizes"].get(RATIO_SIZE, {}))
+    _write(out, results)
+    return results
+
+
+def _summaries(entry: dict) -> tuple[dict, dict]:
+    train, decode = entry.get("train", {}), entry.get("decode", {})
+    ratios = {"lora_train_step_vs_torch": train.get("lora", {}).get("ratio_vs_torch"),
+              "full_train_step_vs_torch": train.get("full", {}).get("ratio_vs_torch"),
+              "decode_vs_torch": {k: v.get("ratio_vs_torch") for k, v in decode.items()}}
+    mfu = {"lora_train_step": train.get("lora", {}).get("mfu_measured_peak"),
+           "full_train_step": train.get("full", {}).get("mfu_measured_peak")}
+    return ratios, mfu
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _print_train(name: str, mode: str, r: dict) -> None:
+    if "skipped" in r:
+        return _print(f"{name:>5} {mode:<4} train: skipped ({r['skipped']})")
+    torch_part = (f" | torch {r['torch']['tokens_per_s']:8.1f} tok/s, MFU {r['torch']['mfu_measured_peak']:.1%}"
+                  f" | ours/torch {r['ratio_vs_torch']:.2f}×") if "torch" in r else ""
+    _print(f"{name:>5} {mode:<4} train: {r['tokens_per_s']:8.1f} tok/s, step {r['step_s']:.3f} s, "
+           f"MFU {r['mfu_measured_peak']:.1%} (compile {r['compile_s']:.1f} s){torch_part}")
+
+
+def _print_decode(name: str, r: dict, rows: int) -> None:
+    if "skipped" in r:
+        return _print(f"{name:>5} decode b{rows}: skipped ({r['skipped']})")
+    torch_part = (f" | torch {r['torch']['tokens_per_s']:8.1f} tok/s | ours/torch {r['ratio_vs_torch']:.2f}×"
+                  if "torch" in r else "")
+    _print(f"{name:>5} decode b{rows}: {r['tokens_per_s']:8.1f} tok/s (compile {r['compile_s']:.1f} s){torch_part}")

@@ -1,0 +1,53 @@
+"""The named model sizes of the benchmark (LLaVA-shaped, random weights) and the workload each is timed on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vlguard_jax.models.config import KNOWN_ARCHITECTURES, LlavaConfig, TextConfig, VisionConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSize:
+    name: str
+    model: LlavaConfig
+    train_rows: int  # rows of one train step, each with one image
+    train_len: int
+    lora_rank: int
+    remat: str  # the same choice is made for the PyTorch stack (gradient checkpointing on or off)
+    accelerator_only: bool = False  # too slow to time on a CPU
+
+    @property
+    def parameters(self) -> int:
+        text, vision = self.model.text, self.model.vision
+        q, kv = text.num_heads * text.head_dim, text.num_kv_heads * text.head_dim
+        layer = text.hidden_size * (2 * q + 2 * kv) + 3 * text.hidden_size * text.intermediate_size
+        tower = vision.num_layers * (4 * vision.hidden_size ** 2 + 2 * vision.hidden_size * vision.intermediate_size)
+        return text.num_layers * layer + 2 * text.vocab_size * text.hidden_size + tower
+
+
+def _tiny() -> LlavaConfig:
+    vision = VisionConfig(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4, image_size=32,
+                          patch_size=8)
+    text = TextConfig(vocab_size=2048, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4,
+                      num_kv_heads=4, head_dim=32, max_position_embeddings=2048)
+    return LlavaConfig(vision=vision, text=text, image_token_id=2000)
+
+
+def _small() -> LlavaConfig:
+    """~118M parameters: CLIP 6 × 384 at 224 px / patch 16 (196 image tokens), LLaMA 8 × 768, vocab 32064."""
+    vision = VisionConfig(hidden_size=384, intermediate_size=1536, num_layers=6, num_heads=6, image_size=224,
+                          patch_size=16)
+    text = TextConfig(vocab_size=32064, hidden_size=768, intermediate_size=2048, num_layers=8, num_heads=12,
+                      num_kv_heads=12, head_dim=64, max_position_embeddings=2048)
+    return LlavaConfig(vision=vision, text=text)
+
+
+SIZES = {
+    "tiny": BenchSize("tiny", _tiny(), train_rows=8, train_len=128, lora_rank=8, remat="none"),
+    "small": BenchSize("small", _small(), train_rows=4, train_len=512, lora_rank=128, remat="none"),
+    "7b": BenchSize("7b", KNOWN_ARCHITECTURES["llava-1.5-7b"], train_rows=4, train_len=2048, lora_rank=128,
+                    remat="full", accelerator_only=True),
+    "13b": BenchSize("13b", KNOWN_ARCHITECTURES["llava-1.5-13b"], train_rows=2, train_len=2048, lora_rank=128,
+                     remat="full", accelerator_only=True),
+}
