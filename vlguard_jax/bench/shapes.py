@@ -19,6 +19,8 @@ class BenchSize:
 
     @property
     def parameters(self) -> int:
+        """Weights of the decoder and vision layers plus embeddings and head (norms, biases and the projector
+        left out): what the benchmark's memory check sizes."""
         text, vision = self.model.text, self.model.vision
         q, kv = text.num_heads * text.head_dim, text.num_kv_heads * text.head_dim
         layer = text.hidden_size * (2 * q + 2 * kv) + 3 * text.hidden_size * text.intermediate_size

@@ -8,6 +8,7 @@ from flax import nnx
 
 from vlguard_jax.models.config import VisionConfig
 from vlguard_jax.models.layers import Embedding, LayerNorm, Linear, activation, attention, param, scan_layers, stacked
+from vlguard_jax.parallel import constrain
 
 
 class ClipEmbeddings(nnx.Module):
@@ -85,8 +86,9 @@ class ClipEncoderLayer(nnx.Module):
         self.layer_norm2 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        x = constrain(x, ("batch", "length", "act_embed"))  # else images may be replicated onto every device
         x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
+        return constrain(x + self.mlp(self.layer_norm2(x)), ("batch", "length", "act_embed"))
 
 
 class ClipEncoder(nnx.Module):

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax.data.chat import IGNORE
+from vlguard_jax.parallel import constrain
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -33,11 +34,31 @@ def cross_entropy_sums(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array,
 
 
 def _nll_sums(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    logits = logits.astype(jnp.float32)
     valid = targets != IGNORE
+    nll = _token_nll(logits.astype(jnp.float32), jnp.where(valid, targets, 0))
+    return jnp.sum(nll * valid), jnp.sum(valid)
+
+
+@jax.custom_vjp
+def _token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """`logsumexp(logits) - logits[target]` per position. Its gradient is written as `softmax - one_hot`, one
+    elementwise pass: autodiff of the target lookup would scatter into a zeroed `[rows, len, vocab]` buffer."""
+    return _token_nll_fwd(logits, targets)[0]
+
+
+def _token_nll_fwd(logits, targets):
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
-    return jnp.sum((log_z - picked) * valid), jnp.sum(valid)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return log_z - picked, (logits, targets, log_z)
+
+
+def _token_nll_bwd(residuals, grad):
+    logits, targets, log_z = residuals
+    one_hot = jnp.arange(logits.shape[-1]) == targets[..., None]
+    return grad[..., None] * (jnp.exp(logits - log_z[..., None]) - one_hot), None
+
+
+_token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)
 
 
 def chunked_cross_entropy_sums(hidden: jax.Array, labels: jax.Array, project: Callable, chunk: int):
@@ -56,8 +77,9 @@ def chunked_cross_entropy_sums(hidden: jax.Array, labels: jax.Array, project: Ca
 
     @jax.checkpoint
     def body(carry, xs):
-        h, t = xs
-        nll, count = _nll_sums(project(h), t)
+        h, t = xs  # keep each chunk split by rows as the batch is: else its logits are gathered whole
+        logits = constrain(project(constrain(h, ("batch", "length", "act_embed"))), ("batch", "length", "vocab"))
+        nll, count = _nll_sums(logits, t)
         return (carry[0] + nll, carry[1] + count), None
 
     (nll, count), _ = jax.lax.scan(body, (jnp.float32(0), jnp.int32(0)), (h_chunks, t_chunks))
