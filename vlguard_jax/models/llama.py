@@ -20,14 +20,15 @@ from vlguard_jax.parallel import constrain
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer, `[layers, batch, max_len, kv_heads, head_dim]`."""
+    """Keys and values of every layer, `[layers, batch, kv_heads, max_len, head_dim]`: heads before slots, so a
+    layer's slice is already in the layout attention's batched matmuls read (no per-step transpose copy)."""
 
     k: jax.Array
     v: jax.Array
 
     @classmethod
     def zeros(cls, cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
-        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
@@ -89,11 +90,12 @@ class LlamaAttention(nnx.Module):
         v = self.v_proj(x, keys[2]).reshape(b, t, self.num_kv_heads, self.head_dim)
         if kv_cache is not None:  # every layer's cache, updated in place at (layer, :, offset)
             k_all, v_all, layer = kv_cache
-            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, offset, 0, 0))
-            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, offset, 0, 0))
+            slots = lambda y, cache: y.swapaxes(1, 2)[None].astype(cache.dtype)
+            k_all = jax.lax.dynamic_update_slice(k_all, slots(k, k_all), (layer, 0, 0, offset, 0))
+            v_all = jax.lax.dynamic_update_slice(v_all, slots(v, v_all), (layer, 0, 0, offset, 0))
             kv_cache = (k_all, v_all)
-            k = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False).astype(q.dtype)
-            v = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False).astype(q.dtype)
+            k = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False).swapaxes(1, 2).astype(q.dtype)
+            v = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False).swapaxes(1, 2).astype(q.dtype)
         out = attention(q, k, v, mask, self.query_chunk)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim), keys[3]), kv_cache
 
