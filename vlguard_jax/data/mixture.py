@@ -5,14 +5,17 @@
 - mixed: the safety data appended to the whole original instruction set;
 - the safety data itself can be sub-sampled by count or fraction for data-scaling studies. Sub-samples of one
   seed are nested (the first k of one permutation), so a sweep over sizes compares like with like.
-Every mix carries a manifest with the chosen ids, written next to a run so it can be reproduced exactly.
+Every mix carries a manifest with the chosen ids, written next to a run so it can be reproduced exactly, and
+fingerprints of the source files they were drawn from, so a resumed run can refuse data that changed under it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -26,8 +29,37 @@ class Mixture:
     manifest: dict  # {"kind", "seed", "parts": {name: [ids]}}
 
     def write_manifest(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
+        """Atomically (temp file + rename): a process reading it meanwhile sees the old file or the whole new one."""
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(temporary, "w") as f:
             json.dump(self.manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+
+
+def fingerprint(path: str | os.PathLike) -> dict:
+    """{"path", "size", "sha256"} of a source file, hashed in 1 MiB chunks (sources can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            digest.update(chunk)
+    return {"path": str(path), "size": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def check_sources(recorded: dict[str, dict], paths: dict[str, str | os.PathLike]) -> None:
+    """Refuses a source file that differs from its fingerprint in a manifest (`recorded`, by source name)."""
+    fix = "restore the file or start a new --workdir"
+    for name, old in recorded.items():
+        path = paths.get(name) or old["path"]
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: missing, but this run's mixture was drawn from it "
+                            f"(sha256 {old['sha256'][:12]}…, {old['size']} bytes); {fix}")
+        new = fingerprint(path)
+        if new["sha256"] != old["sha256"]:
+            raise DataError(f"{path}: changed since this run started (sha256 {old['sha256'][:12]}… → "
+                            f"{new['sha256'][:12]}…, {old['size']} → {new['size']} bytes); {fix}")
 
 
 def sample(conversations: Sequence[Conversation], *, count: int | None = None, fraction: float | None = None,
