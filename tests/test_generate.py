@@ -72,3 +72,29 @@ def test_sampling_is_seeded_and_stops_at_stop_tokens(tmp_path):
     first_row = stopping.generate(prompts[:1], images[:1], SamplingConfig(max_new_tokens=10))[0]
     stop = np.flatnonzero(greedy[0] == stop_at)[0]
     np.testing.assert_array_equal(first_row, greedy[0][: stop + 1])
+
+
+def test_greedy_tokens_on_a_mesh_equal_one_device(tmp_path):
+    """Weights fsdp × tensor sharded, batch over data × fsdp, cache over batch and kv heads: the same tokens."""
+    import jax
+
+    from vlguard_jax.parallel import make_mesh
+
+    hf = build_hf("gqa", seed=33)
+    path = save_layout(hf, tmp_path, "hf_save")
+    prompts, images = prompts_for(hf.config, 33)
+    prompts, images = prompts * 2, images * 2  # 6 prompts in a batch of 8
+    sampling = SamplingConfig(max_new_tokens=NEW_TOKENS)
+    single = Generator(vlguard_jax.load_pretrained(path), pad_id=0, stop_ids=[2], batch_size=8, buckets=(32,))
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    sharded_model = vlguard_jax.load_pretrained(path, mesh=mesh)
+    sharded = Generator(sharded_model, pad_id=0, stop_ids=[2], batch_size=8, buckets=(32,), mesh=mesh)
+    kernel = sharded_model.language_model.model.layers.self_attn.k_proj.kernel[...]
+    assert {s.data.shape for s in kernel.addressable_shards} == {(2, 16, 4)}  # [layers, 32/fsdp, 2·4/tensor]
+    ours, theirs = sharded.generate(prompts, images, sampling), single.generate(prompts, images, sampling)
+    assert len(ours) == 6 and sum(len(t) for t in ours) > 6
+    for row, (a, b) in enumerate(zip(ours, theirs)):
+        np.testing.assert_array_equal(a, b, err_msg=f"row {row}")
+    with pytest.raises(ValueError, match=r"batch size 6 does not divide over the mesh's data × fsdp = 4 devices"):
+        Generator(sharded_model, pad_id=0, stop_ids=[2], batch_size=6, mesh=mesh)
+    assert jax.device_count() == 8

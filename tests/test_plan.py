@@ -12,7 +12,8 @@ from vlguard_jax.config import config_from_dict
 from vlguard_jax.models.config import KNOWN_ARCHITECTURES, LlavaConfig, TextConfig, VisionConfig
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.models.lora import LoraConfig, apply_lora
-from vlguard_jax.plan import abstract_model, plan, train_flops
+from vlguard_jax.plan import plan, train_flops
+from vlguard_jax.train.setup import make_model
 from vlguard_jax.train.optimizer import OptimizerConfig, build_optimizer
 from vlguard_jax.train.step import init_state, make_train_step
 from vlguard_jax.train.trainable import split_model
@@ -73,7 +74,7 @@ def test_plan_on_8_devices_divides_parameter_bytes_by_the_shards(mode):
         pytest.skip("needs 8 (virtual) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
     config = _tiny_config(mode, fsdp=8)
     llava = LlavaConfig.from_hf(config.model.architecture)
-    _, trainable, frozen = split_model(abstract_model(llava, config), mode)
+    _, trainable, frozen = split_model(nnx.eval_shape(lambda: make_model(llava, config)), mode)
     nbytes = lambda x, itemsize=None: int(np.prod(x.shape)) * (itemsize or x.dtype.itemsize)
     trainable_total = sum(nbytes(x, 4) for x in jax.tree.leaves(trainable))  # trained in fp32
     frozen_total = sum(nbytes(x) for x in jax.tree.leaves(frozen))

@@ -3,11 +3,17 @@
 Prompts are left-padded to a length bucket and the batch is padded to a fixed size, so one compiled function
 serves every batch of a benchmark. Decoding is a single `lax.while_loop` over a KV cache; each row stops at
 its first stop token (EOS by default) and the loop ends when every row has stopped. Greedy by default;
-temperature and top-p sampling are seeded.
+temperature and top-p sampling are seeded; logits are sampled in fp32 whatever the compute dtype.
+
+On a mesh the weights stay sharded as the model holds them (fsdp / tensor), the batch is split along
+`data` × `fsdp` and the KV cache along batch and kv heads. Every process passes the same host batch and takes
+the devices' rows from it; the generated tokens come back replicated, so every process (one of which writes)
+sees all rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Sequence
 
@@ -15,9 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax.models.llama import KVCache
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
+from vlguard_jax.parallel import logical_to_spec
 
 PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -85,10 +93,16 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, 
 
 
 class Generator:
-    """Compiles once per (batch size, prompt bucket, sampling settings) and reuses the executable."""
+    """Compiles once per (batch size, prompt bucket, sampling settings) and reuses the executable.
+
+    `mesh`: the mesh the model's weights are on; `batch_size` must divide over its `data` × `fsdp` devices."""
 
     def __init__(self, model: LlavaForConditionalGeneration, *, pad_id: int, stop_ids: Sequence[int],
-                 batch_size: int = 8, buckets: Sequence[int] = PROMPT_BUCKETS):
+                 batch_size: int = 8, buckets: Sequence[int] = PROMPT_BUCKETS, mesh: Mesh | None = None):
+        if mesh is not None and batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+            raise ValueError(f"batch size {batch_size} does not divide over the mesh's data × fsdp = "
+                             f"{mesh.shape['data'] * mesh.shape['fsdp']} devices; use a multiple of it")
+        self.mesh = mesh
         self.graphdef, self.state = nnx.split(model)
         self.config = model.config
         self.pad_id = pad_id
@@ -106,8 +120,16 @@ class Generator:
                 self.compilations += 1  # runs only while tracing
                 return _decode(*args, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                                top_p=sampling.top_p, pad_id=self.pad_id, cache_dtype=self.cache_dtype)
-            self._compiled[key] = jax.jit(count_and_decode)
+            replicated = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
+            self._compiled[key] = jax.jit(count_and_decode, out_shardings=replicated)
         return self._compiled[key]
+
+    def _place(self, host: np.ndarray) -> jax.Array:
+        """The global batch from a host copy every process holds; each device takes its rows."""
+        if self.mesh is None:
+            return jnp.asarray(host)
+        sharding = NamedSharding(self.mesh, logical_to_spec(("batch",)))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     def generate(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | None],
                  sampling: SamplingConfig = SamplingConfig()) -> list[np.ndarray]:
@@ -126,7 +148,9 @@ class Generator:
                 pixels[row] = image
         mask[len(prompts):, -1] = True  # filler rows: one visible token keeps their attention well defined
         key = jax.random.key(sampling.seed)
-        out = np.asarray(self._function(sampling)(self.graphdef, self.state, ids, mask, pixels, self.stop_ids, key))
+        inputs = [self._place(a) for a in (ids, mask, pixels)]
+        with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):
+            out = np.asarray(self._function(sampling)(self.graphdef, self.state, *inputs, self.stop_ids, key))
         results = []
         for row in range(len(prompts)):
             tokens = out[row]

@@ -24,6 +24,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv", "tensor"),
+    ("kv_heads", "tensor"),  # the KV cache's head axis
     ("vocab", "tensor"),
     ("norm", None),
     ("lora_rank", "fsdp"),  # adapters whose other dims are not fsdp-sharded split their rank instead

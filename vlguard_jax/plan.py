@@ -1,63 +1,41 @@
-"""`vlguard-jax plan`: will a training config fit? Compiled ahead of time on N (virtual) devices, nothing allocated.
+"""`vlguard-jax plan`: will a training config fit? Compiled ahead of time, nothing allocated.
 
-The train step is lowered with abstract parameters (`nnx.eval_shape`) and the config's mesh, then compiled;
-XLA's memory analysis gives per-device argument, output and temporary bytes. On CPU, XLA converts bf16 weights
-to f32 inside the step, so temporaries of bf16 runs are pessimistic there; accelerators keep them in bf16.
+The run's own train step (`vlguard_jax.train.setup`: the model, shardings and optimizer state `train` builds) is
+lowered with abstract parameters and the config's mesh, then compiled for N local devices (virtual CPUs here)
+or for a named TPU slice (`"v5e:2x4"`: libtpu compiles for it on any machine, see `vlguard_jax.topology`).
+XLA's memory analysis gives per-device argument, output, temporary and (on TPU) peak bytes; on TPU, libtpu's
+HBM check also gives the verdict, and the largest per-device batch that fits can be searched, one compile per
+probe. On CPU, XLA converts bf16 weights to f32 inside the step, so temporaries of bf16 runs are pessimistic
+there; TPUs keep them in bf16.
 Model FLOPs are counted analytically (`train_flops`): XLA's own count sees each scanned layer once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import NamedSharding
 
 from vlguard_jax.config import Config, ConfigError
 from vlguard_jax.models.config import KNOWN_ARCHITECTURES, LlavaConfig
-from vlguard_jax.models.llama import set_attention_chunk
-from vlguard_jax.models.llava import LlavaForConditionalGeneration
-from vlguard_jax.models.lora import LoraConfig, apply_lora
-from vlguard_jax.parallel import logical_to_spec, make_mesh, variable_sharding
-from vlguard_jax.train.optimizer import build_optimizer
-from vlguard_jax.train.step import init_state, make_train_step, state_shardings
-from vlguard_jax.train.trainable import split_model
+from vlguard_jax.parallel import logical_to_spec
+from vlguard_jax.topology import Verdict, compile_verdict, device_kind, slice_devices
+from vlguard_jax.train import setup
 
 HBM_GB = (16, 24, 40, 80, 141)
 
 
 def model_config(config: Config, architecture: str | None) -> LlavaConfig:
-    if architecture is not None:
-        if architecture not in KNOWN_ARCHITECTURES:
-            raise ConfigError(f"unknown architecture {architecture!r}; known: {', '.join(KNOWN_ARCHITECTURES)}")
-        return KNOWN_ARCHITECTURES[architecture]
-    if config.model.architecture is not None:
-        return LlavaConfig.from_hf(config.model.architecture)
-    from vlguard_jax.checkpoints.hf import read_config
-
-    config_path, raw = read_config(config.model.path)
-    if raw.get("model_type") != "llava":
-        raise ConfigError(f"{config_path}: plan reads llava-hf configs; convert the checkpoint first or pass "
-                          f"--architecture ({', '.join(KNOWN_ARCHITECTURES)})")
-    return LlavaConfig.from_hf(raw)
-
-
-def abstract_model(llava: LlavaConfig, config: Config) -> LlavaForConditionalGeneration:
-    dtype = jnp.dtype(config.model.dtype)
-
-    def make():
-        model = LlavaForConditionalGeneration(llava, dtype=dtype, param_dtype=dtype, remat=config.model.remat,
-                                              rngs=nnx.Rngs(0))
-        set_attention_chunk(model, config.model.attention_chunk)
-        if config.train.mode == "lora":
-            lora = config.train.lora
-            apply_lora(model, LoraConfig(lora.rank, lora.alpha, lora.dropout, lora.targets, lora.rslora), nnx.Rngs(1))
-        return model
-
-    return nnx.eval_shape(make)
+    """A known architecture by name, else the run's own (`vlguard_jax.train.setup.model_config`)."""
+    if architecture is None:
+        return setup.model_config(config)
+    if architecture not in KNOWN_ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {architecture!r}; known: {', '.join(KNOWN_ARCHITECTURES)}")
+    return KNOWN_ARCHITECTURES[architecture]
 
 
 def _shard_bytes(abstract, sharding) -> int:
@@ -65,47 +43,131 @@ def _shard_bytes(abstract, sharding) -> int:
     return int(np.prod(shape)) * jnp.dtype(abstract.dtype).itemsize
 
 
-def plan(config: Config, devices: int, architecture: str | None = None) -> dict:
+def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture: str | None = None,
+         max_batch: bool = False, log=None) -> dict:
+    """Per-device memory and FLOPs of `config`'s train step, compiled ahead of time for `devices`.
+
+    `devices`: a count (the first N local devices: virtual CPUs here), a TPU topology name (`"v5e:2x4"`, needs
+    libtpu) or a device list. On TPU devices the compile is libtpu's own, with its HBM check: the plan says
+    `fits` (the compiler's verdict) and `peak` is `memory_analysis().peak_memory_in_bytes`; on other devices
+    `peak` is arguments + outputs − aliased + temporaries. `max_batch` (TPU only) also searches for the largest
+    per-device batch that fits (`max_per_device_batch`); `log(str)` hears of each probe.
+    """
+    topology = devices if isinstance(devices, str) else None
+    if topology is not None:
+        devices = slice_devices(topology)
+    elif isinstance(devices, int):
+        devices = jax.devices()[:devices]
+    devices = list(devices)
+    on_tpu = devices[0].platform == "tpu"
+    if max_batch and not on_tpu:
+        raise ConfigError("the largest batch is searched on TPU devices only (plan for a topology): only libtpu's "
+                          "compile says what does not fit")
     llava = model_config(config, architecture)
     t = config.train
-    m = config.mesh
-    fsdp = m.fsdp if m.fsdp != -1 else devices // (m.data * m.tensor)
-    mesh = make_mesh(m.data, fsdp, m.tensor, jax.devices()[:devices])
-    model = abstract_model(llava, config)
-    graphdef, trainable, frozen = split_model(model, t.mode)
-    var = lambda x: isinstance(x, nnx.Variable)
-    param_sh = nnx.to_pure_dict(jax.tree.map(lambda v: v.replace(variable_sharding(v, mesh)), trainable, is_leaf=var))
-    params = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, jnp.float32, sharding=s),
-                          nnx.to_pure_dict(trainable), param_sh)
-    frozen_sh = jax.tree.map(lambda v: variable_sharding(v, mesh), frozen, is_leaf=var)
-    tx = build_optimizer(t.optimizer, params, total_steps=1000)
-    with jax.set_mesh(mesh):
-        state_sh = state_shardings(params, tx, t.seed, mesh)
-        state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                             jax.eval_shape(lambda p: init_state(p, tx, t.seed), params), state_sh)
-        batch = _abstract_batch(llava, config, mesh)
-        step = jax.jit(make_train_step(graphdef, trainable, tx, t.accum_steps, loss_chunk=t.loss_chunk),
-                       in_shardings=(state_sh, frozen_sh, jax.tree.map(lambda a: a.sharding, batch)),
-                       out_shardings=(state_sh, None), donate_argnums=0)
-        compiled = step.lower(state, frozen, batch).compile()
-    memory = compiled.memory_analysis()
-    frozen_bytes = sum(_shard_bytes(v, s) for v, s in zip(jax.tree.leaves(frozen), jax.tree.leaves(frozen_sh)))
-    param_bytes = sum(_shard_bytes(a, a.sharding) for a in jax.tree.leaves(params))
-    opt_bytes = sum(_shard_bytes(a, a.sharding) for a in jax.tree.leaves(state.opt_state))
-    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-            + memory.temp_size_in_bytes)
+    mesh = setup.mesh_for(config, devices)
+    lowered, sizes = _lower_step(config, llava, mesh)
+    verdict = compile_verdict(lowered) if on_tpu else Verdict(True, compiled=lowered.compile())
+    per_device = {"frozen_params": sizes["frozen_params"], "trainable_params": sizes["trainable_params"],
+                  "optimizer_state": sizes["optimizer_state"], "temporaries": None, "peak": None}
+    xla_flops = 0.0
+    if verdict.fits:
+        memory = verdict.compiled.memory_analysis()
+        per_device["temporaries"] = int(memory.temp_size_in_bytes)
+        per_device["peak"] = int(memory.peak_memory_in_bytes if on_tpu else
+                                 memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                 - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+        xla_flops = float((verdict.compiled.cost_analysis() or {}).get("flops", 0.0))
+    peak = per_device["peak"]
     tokens = t.global_batch_size * config.data.max_length
     flops = train_flops(llava, t.mode, t.global_batch_size, config.data.max_length, t.lora.rank)
-    return {
-        "devices": devices, "mesh": dict(mesh.shape), "mode": t.mode, "global_batch": t.global_batch_size,
-        "accum_steps": t.accum_steps, "seq_len": config.data.max_length, "loss_chunk": t.loss_chunk,
-        "per_device_bytes": {"frozen_params": frozen_bytes, "trainable_params": param_bytes,
-                             "optimizer_state": opt_bytes, "temporaries": int(memory.temp_size_in_bytes),
-                             "peak": int(peak)},
-        "fits_hbm_gb": {str(gb): bool(peak <= gb * 1e9) for gb in HBM_GB},
+    result = {
+        "devices": len(devices), "mesh": dict(mesh.shape), "mode": t.mode, "global_batch": t.global_batch_size,
+        "accum_steps": t.accum_steps, "per_device_batch": per_device_batch(config, mesh),
+        "seq_len": config.data.max_length, "loss_chunk": t.loss_chunk,
+        "per_device_bytes": per_device,
+        "fits_hbm_gb": {str(gb): bool(peak <= gb * 1e9) for gb in HBM_GB} if peak is not None else {},
         "model_flops_per_step": flops, "model_flops_per_token": flops / tokens,
-        "xla_flops_per_step_scan_bodies_once": float((compiled.cost_analysis() or {}).get("flops", 0.0)),
+        "xla_flops_per_step_scan_bodies_once": xla_flops,
     }
+    if on_tpu:
+        result.update(topology=topology, device_kind=device_kind(devices), fits=verdict.fits)
+        if not verdict.fits:
+            result["compiler_message"] = verdict.message
+            if verdict.hbm() is not None:  # the compiler's figures, as its message words them
+                result["hbm_bytes_needed"], result["hbm_bytes_available"] = verdict.hbm()
+    if max_batch:
+        result["max_per_device_batch"], result["max_batch_probes"] = max_per_device_batch(
+            config, llava, mesh, known={result["per_device_batch"]: verdict.fits}, log=log)
+    return result
+
+
+def per_device_batch(config: Config, mesh) -> int:
+    """Rows per device per micro-batch: global batch / accumulation steps / (data × fsdp)."""
+    t, shards = config.train, mesh.shape["data"] * mesh.shape["fsdp"]
+    if t.global_batch_size % (t.accum_steps * shards):
+        raise ConfigError(f"train.global_batch_size {t.global_batch_size} is not a multiple of accum_steps "
+                          f"{t.accum_steps} × data·fsdp {shards}")
+    return t.global_batch_size // (t.accum_steps * shards)
+
+
+def with_per_device_batch(config: Config, rows: int, mesh) -> Config:
+    """`config` with `rows` per device per micro-batch (accumulation steps and the mesh unchanged)."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    train = dataclasses.replace(config.train, global_batch_size=rows * config.train.accum_steps * shards)
+    return dataclasses.replace(config, train=train)
+
+
+def max_per_device_batch(config: Config, llava: LlavaConfig, mesh, known: dict[int, bool] | None = None,
+                         limit: int = 4096, log=None) -> tuple[int, dict[int, bool]]:
+    """The largest per-device batch whose train step libtpu compiles within HBM (0: not even one row), at the
+    config's sequence length: doubling (or halving) from a known probe to bracket it, then bisection. Each
+    probe is one compile; returns the answer and every probe's verdict."""
+    probes = dict(known or {})
+
+    def fits(rows: int) -> bool:
+        if rows not in probes:
+            lowered, _ = _lower_step(with_per_device_batch(config, rows, mesh), llava, mesh)
+            probes[rows] = compile_verdict(lowered).fits
+            if log is not None:
+                log(f"{rows} rows per device: {'fits' if probes[rows] else 'does not fit'}")
+        return probes[rows]
+
+    start = min(probes) if probes else 1
+    if fits(start):
+        low, high = start, 2 * start
+        while high <= limit and fits(high):
+            low, high = high, 2 * high
+        if high > limit:
+            return low, probes
+    else:
+        high, low = start, start // 2
+        while low > 0 and not fits(low):
+            high, low = low, low // 2
+        if low == 0:
+            return 0, probes
+    while high - low > 1:  # fits(low), not fits(high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low, probes
+
+
+def _lower_step(config: Config, llava: LlavaConfig, mesh) -> tuple[jax.stages.Lowered, dict]:
+    """The config's train step on `mesh`, lowered with abstract state and batch (nothing allocated), and the
+    per-device bytes of what it holds: `{"frozen_params", "trainable_params", "optimizer_state"}`.
+
+    The one place that builds the model, shardings, optimizer state and step: the caller compiles (and so
+    sees libtpu's out-of-memory verdict with the sizes still in hand)."""
+    t = config.train
+    run = setup.build(config, mesh, values="abstract", llava=llava)  # the run's own setup: a plan is the run
+    state = run.abstract_state()
+    with jax.set_mesh(mesh):
+        batch = _abstract_batch(llava, config, mesh)
+        lowered = run.train_step(t.accum_steps, t.loss_chunk).lower(state, run.frozen, batch)
+    per_device = lambda tree: sum(_shard_bytes(a, a.sharding) for a in jax.tree.leaves(tree))
+    sizes = {"frozen_params": per_device(run.frozen), "trainable_params": per_device(state.params),
+             "optimizer_state": per_device(state.opt_state)}
+    return lowered, sizes
 
 
 def _abstract_batch(llava: LlavaConfig, config: Config, mesh) -> dict:

@@ -8,37 +8,32 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from vlguard_jax.bench.shapes import BenchSize
 from vlguard_jax.bench.workload import pixels, prompt_ids, train_batch
+from vlguard_jax.config import Config, LoraSection, ModelConfig, TrainConfig
 from vlguard_jax.generate import Generator, SamplingConfig
-from vlguard_jax.models.llava import LlavaForConditionalGeneration
-from vlguard_jax.models.lora import LoraConfig, apply_lora
-from vlguard_jax.train.optimizer import OptimizerConfig, build_optimizer
-from vlguard_jax.train.step import init_state, make_train_step
-from vlguard_jax.train.trainable import split_model
+from vlguard_jax.parallel import make_mesh
+from vlguard_jax.train.setup import build, make_model
 
 LORA_DROPOUT = 0.05
 
 
-def build(size: BenchSize, mode: str, dtype) -> LlavaForConditionalGeneration:
-    model = LlavaForConditionalGeneration(size.model, dtype=dtype, param_dtype=dtype, remat=size.remat,
-                                          rngs=nnx.Rngs(0))
-    if mode == "lora":
-        apply_lora(model, LoraConfig(size.lora_rank, 2.0 * size.lora_rank, LORA_DROPOUT), nnx.Rngs(1))
-    return model
+def run_config(size: BenchSize, mode: str, dtype) -> Config:
+    """The size as a run config: the benchmark times what `train` would run for it."""
+    lora = LoraSection(size.lora_rank, 2.0 * size.lora_rank, LORA_DROPOUT)
+    model = ModelConfig(dtype=jnp.dtype(dtype).name, remat=size.remat)
+    return Config(model=model, train=TrainConfig(mode=mode, lora=lora))
 
 
 def train_step(size: BenchSize, mode: str, dtype) -> tuple[Callable[[], None], dict]:
     """A warmed-up `run()` doing one optimizer step, and compile facts (seconds, XLA's FLOPs of the step)."""
-    graphdef, trainable, frozen = split_model(build(size, mode, dtype), mode)
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), nnx.to_pure_dict(trainable))
-    tx = build_optimizer(OptimizerConfig(), params, total_steps=1000)
-    state = jax.jit(lambda p: init_state(p, tx, 0))(params)
+    setup = build(run_config(size, mode, dtype), make_mesh(devices=jax.devices()[:1]), llava=size.model)
+    state, frozen = setup.init_state(), setup.frozen
     batch = {k: jnp.asarray(v) for k, v in train_batch(size.model, size.train_rows, size.train_len).items()}
     start = time.perf_counter()
-    compiled = jax.jit(make_train_step(graphdef, trainable, tx), donate_argnums=0).lower(state, frozen, batch).compile()
+    with jax.set_mesh(setup.mesh):
+        compiled = setup.train_step(accum_steps=1).lower(state, frozen, batch).compile()
     compile_s = time.perf_counter() - start
     holder = [state]
 
@@ -54,7 +49,7 @@ def train_step(size: BenchSize, mode: str, dtype) -> tuple[Callable[[], None], d
 def decode(size: BenchSize, rows: int, prompt_len: int, new_tokens: int, dtype) -> tuple[Callable[[], None], float]:
     """A warmed-up greedy `run()` producing exactly `new_tokens` per row (no stop id), and the seconds of the
     first call (compile + one run)."""
-    model = build(size, "none", dtype)
+    model = make_model(size.model, run_config(size, "full", dtype))
     prompts = list(prompt_ids(size.model, rows, prompt_len))
     images = list(pixels(size.model, rows))
     generator = Generator(model, pad_id=0, stop_ids=[-1], batch_size=rows, buckets=(prompt_len,))

@@ -94,22 +94,38 @@ def build_model(resolved: ResolvedCheckpoint, *, dtype, param_dtype, mesh: Mesh 
     abstract = nnx.eval_shape(lambda: LlavaForConditionalGeneration(
         resolved.config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    flat = nnx.to_flat_state(state)
+    place = lambda path, var: None if mesh is None else variable_sharding(var, mesh, rules)
+    return nnx.merge(graphdef, load_state(resolved, state, place))
+
+
+def load_state(resolved: ResolvedCheckpoint, abstract: nnx.State, sharding_of: Callable, dtype_of: Callable | None = None,
+               on_tensor: Callable[[tuple], None] | None = None, select: set | None = None) -> nnx.State:
+    """The values of an abstract State (every weight of the checkpoint) read one parameter at a time.
+
+    Each parameter is read into host memory, cast to `dtype_of(path, var)` (default: the abstract dtype) and
+    handed to `device_put` with `sharding_of(path, var)`, which sends every device only its own slice: no device
+    ever holds an unsharded copy. `select`: the paths to read (default: all; the names are checked against the
+    whole State either way). `on_tensor(path)` runs after each placement (progress, memory probes)."""
+    flat = nnx.to_flat_state(abstract)
     expected = {path: _names_of(path, var) for path, var in flat}
     _check_names({n for ns in expected.values() for n in ns}, resolved)
     loaded = []
     for path, var in flat:
-        host = np.empty(var.shape, jnp.dtype(var.dtype))
+        if select is not None and path not in select:
+            continue
+        dtype = jnp.dtype(var.dtype if dtype_of is None else dtype_of(path, var))
+        host = np.empty(var.shape, dtype)
         stacked = "layers" in path
         for i, name in enumerate(expected[path]):
             if stacked:
                 host[i] = _read(resolved, name, var.shape[1:])
             else:
                 host[...] = _read(resolved, name, var.shape)
-        sharding = None if mesh is None else variable_sharding(var, mesh, rules)
-        loaded.append((path, var.replace(jax.device_put(host, sharding))))
+        loaded.append((path, var.replace(jax.device_put(host, sharding_of(path, var)))))
         del host
-    return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+        if on_tensor is not None:
+            on_tensor(path)
+    return nnx.from_flat_state(loaded)
 
 
 def _names_of(path: tuple, var) -> list[str]:

@@ -55,9 +55,10 @@ class Linear(nnx.Module):
         self.lora_scale = 0.0
         self.lora_dropout = 0.0
 
-    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None, out_dtype=None) -> jax.Array:
+        """`out_dtype` (e.g. fp32 logits of a bf16 model): the matmul accumulates and returns in it."""
         x = x.astype(self.dtype)
-        y = jnp.dot(x, self.kernel[...].astype(self.dtype))
+        y = jnp.dot(x, self.kernel[...].astype(self.dtype), preferred_element_type=out_dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         if self.lora_a is not None:
@@ -174,4 +175,6 @@ class Embedding(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+        """fp32 logits (operands in the compute dtype, fp32 accumulation)."""
+        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T,
+                       preferred_element_type=jnp.float32)

@@ -28,8 +28,10 @@ class KVCache(NamedTuple):
 
     @classmethod
     def zeros(cls, cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+        """Under a mesh, split along batch (data, fsdp) and kv heads (tensor), as the activations that fill it."""
         shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        axes = ("layers", "batch", "kv_heads", "length", None)
+        return cls(constrain(jnp.zeros(shape, dtype), axes), constrain(jnp.zeros(shape, dtype), axes))
 
 
 def rope_inv_freq(cfg: TextConfig) -> np.ndarray:
@@ -189,6 +191,7 @@ class LlamaForCausalLM(nnx.Module):
             param_dtype=param_dtype, rngs=rngs)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
+        """fp32 logits whatever the compute dtype (fp32 accumulation): sampling and the loss read them in fp32."""
         if self.lm_head is None:
             return self.model.embed_tokens.attend(hidden)
-        return self.lm_head(hidden)
+        return self.lm_head(hidden, out_dtype=jnp.float32)

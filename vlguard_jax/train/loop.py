@@ -1,37 +1,33 @@
 """`train(config, workdir)`: the whole fine-tuning run, resumable by re-running it with the same workdir.
 
-Re-running restores the newest checkpoint (state and data iterator) and continues bit-for-bit; SIGTERM
-(preemption) saves at the current step and returns; repeated non-finite steps stop the run with the last good
-checkpoint intact.
+A short composition of named steps: run files and data (`run_data`), samples, the pipeline, the shared run
+setup straight onto the mesh (`train.setup`), then `run_steps`. Re-running restores the newest checkpoint (state
+and data iterator, over the recorded mixture) and continues bit-for-bit; SIGTERM to any one process makes every
+process save the same step and return; repeated non-finite steps stop the run with the last good checkpoint
+intact.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import yaml
-from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 
 from vlguard_jax.config import Config, ConfigError, dump_config, to_dict
 from vlguard_jax.data.chat import ChatTokenizer
 from vlguard_jax.data.images import ImageConfig
 from vlguard_jax.data.pipeline import PipelineConfig, build_pipeline, prepare, steps_per_epoch
-from vlguard_jax.data.recipes import synthetic_dataset, training_data
-from vlguard_jax.parallel import logical_to_spec, make_mesh, variable_sharding
+from vlguard_jax.data.recipes import TrainingData, synthetic_dataset, training_data
 from vlguard_jax.train.checkpointing import Checkpointer
 from vlguard_jax.train.metrics_log import MetricsLog, plot_loss
-from vlguard_jax.train.model_setup import build_model
-from vlguard_jax.train.optimizer import build_optimizer, schedule
-from vlguard_jax.train.step import init_state, make_train_step, state_shardings
-from vlguard_jax.train.trainable import split_model
+from vlguard_jax.train.optimizer import schedule
+from vlguard_jax.train.preemption import Preemption
+from vlguard_jax.train.setup import RunSetup, build, mesh_for, model_config
 
 # Sections that must not change under an existing checkpoint (epochs / max_steps may, to extend a run).
 PINNED = ("model", "data", "train.mode", "train.lora", "train.global_batch_size", "train.accum_steps", "train.seed")
@@ -47,13 +43,6 @@ class RunResult:
     total_steps: int
     status: str  # "finished", "preempted"
     workdir: Path
-
-
-def mesh_for(config: Config) -> jax.sharding.Mesh:
-    m = config.mesh
-    count = jax.device_count()
-    fsdp = m.fsdp if m.fsdp != -1 else count // (m.data * m.tensor)
-    return make_mesh(m.data, fsdp, m.tensor)
 
 
 def check_workdir(config: Config, workdir: Path) -> None:
@@ -84,31 +73,58 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResult:
+    from transformers import AutoTokenizer
+
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     check_workdir(config, workdir)
     mesh = mesh_for(config)
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    t = config.train
-    if t.global_batch_size % t.accum_steps or (t.global_batch_size // t.accum_steps) % batch_shards:
-        raise ConfigError(f"train.global_batch_size {t.global_batch_size} / accum_steps {t.accum_steps} must divide "
-                          f"over data × fsdp = {batch_shards} devices")
+    check_batch(config, mesh)
     primary = jax.process_index() == 0  # one writer of run files; every host reads the same data
+    data = run_data(config, workdir, primary)
+    tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or data.tokenizer_dir or config.model.path)
+    llava = model_config(config, tokenizer)
+    chat = ChatTokenizer(tokenizer, config.data.template, llava.num_image_tokens, config.data.max_length,
+                         config.data.truncation)
+    samples = training_samples(config, data, chat, workdir, primary)
+    pipeline, total_steps = data_pipeline(config, samples, chat, data, llava)
+    checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
+    iterator = iter(pipeline)
+    start = checkpointer.latest_step() or 0
+    setup = build(config, mesh, values="frozen" if start else "init", llava=llava, tokenizer=tokenizer,
+                  total_steps=total_steps)  # a resumed run reads its trainable weights from the checkpoint alone
+    state = checkpointer.restore(start, setup.abstract_state(), iterator)[0] if start else setup.init_state()
+    try:
+        step, stopped = run_steps(config, setup, state, iterator, checkpointer, workdir, start, total_steps,
+                                  progress and primary)
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+    if primary:
+        plot_loss(workdir)
+    return RunResult(step, total_steps, "preempted" if stopped else "finished", workdir)
+
+
+def check_batch(config: Config, mesh) -> None:
+    t, shards = config.train, mesh.shape["data"] * mesh.shape["fsdp"]
+    if t.global_batch_size % t.accum_steps or (t.global_batch_size // t.accum_steps) % shards:
+        raise ConfigError(f"train.global_batch_size {t.global_batch_size} / accum_steps {t.accum_steps} must divide "
+                          f"over data × fsdp = {shards} devices")
+
+
+def run_data(config: Config, workdir: Path, primary: bool) -> TrainingData:
+    """The run's conversations: the resolved config (and synthetic data) written once, the mixture drawn on the
+    first start and replayed from WORKDIR/mixture.json on every later one."""
     if primary:
         dump_config(config, workdir / "config.yaml")
         if config.data.synthetic:
             synthetic_dataset(config.data, workdir)
     multihost_utils.sync_global_devices("vlguard-jax: run files ready")
-    data = training_data(config.data, workdir)
-    if primary:
-        data.mix.write_manifest(workdir / "mixture.json")
-    from transformers import AutoTokenizer
+    return training_data(config.data, workdir, record=primary)
 
-    tokenizer_dir = config.model.tokenizer or data.tokenizer_dir or config.model.path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = build_model(config.model, t, tokenizer)
-    chat = ChatTokenizer(tokenizer, config.data.template, model.config.num_image_tokens,
-                         config.data.max_length, config.data.truncation)
+
+def training_samples(config: Config, data: TrainingData, chat: ChatTokenizer, workdir: Path, primary: bool) -> list:
+    """Tokenized samples; every skip is written to WORKDIR/skips.json, and too many stop the run."""
     samples, sample_skips = prepare(data.mix.conversations, chat)
     skips = data.skips + sample_skips
     if primary:
@@ -118,46 +134,40 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
     if total and len(sample_skips) / total > config.data.max_skip_fraction:
         raise TrainingError(f"{len(sample_skips)} of {total} samples cannot be trained on (see "
                             f"{workdir / 'skips.json'}); more than data.max_skip_fraction")
+    return samples
+
+
+def data_pipeline(config: Config, samples: list, chat: ChatTokenizer, data: TrainingData, llava) -> tuple:
+    """This host's Grain pipeline and the run's length in steps."""
+    t = config.train
     pipeline_config = PipelineConfig(
         global_batch_size=t.global_batch_size, buckets=config.data.buckets, num_epochs=t.epochs,
         seed=config.data.seed, workers=config.data.workers,
-        image=ImageConfig(size=model.config.vision.image_size, mode=config.data.image_mode))
+        image=ImageConfig(size=llava.vision.image_size, mode=config.data.image_mode))
     pipeline = build_pipeline(samples, chat, data.images, pipeline_config, jax.process_index(), jax.process_count())
     total_steps = t.epochs * steps_per_epoch(samples, pipeline_config)
-    total_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    return pipeline, min(total_steps, t.max_steps) if t.max_steps else total_steps
 
-    graphdef, trainable, frozen = split_model(model, t.mode)
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), nnx.to_pure_dict(trainable))
-    param_shardings = _pure_shardings(trainable, mesh)
-    params = jax.device_put(params, param_shardings)
-    frozen = jax.device_put(frozen, jax.tree.map(lambda v: variable_sharding(v, mesh), frozen,
-                                                 is_leaf=lambda x: isinstance(x, nnx.Variable)))
-    tx = build_optimizer(t.optimizer, params, total_steps)
-    with jax.set_mesh(mesh):
-        state = jax.jit(lambda p: init_state(p, tx, t.seed), out_shardings=state_shardings(params, tx, t.seed, mesh))(
-            params)
-        step_fn = jax.jit(make_train_step(graphdef, trainable, tx, t.accum_steps, loss_chunk=t.loss_chunk),
-                          donate_argnums=0)
+
+def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Checkpointer, workdir: Path,
+              start: int, total_steps: int, progress: bool) -> tuple[int, bool]:
+    """Steps from `start` until the end or a preemption (saved at the step every process stops at); returns the
+    step reached and whether the run was preempted."""
+    t = config.train
+    step_fn = setup.train_step(t.accum_steps, loss_chunk=t.loss_chunk)
     learning_rate = schedule(t.optimizer.learning_rate, total_steps, t.optimizer.warmup_ratio)
-    batch_sharding = NamedSharding(mesh, logical_to_spec(("batch",)))
-
-    checkpointer = Checkpointer(workdir / "checkpoints", t.keep_checkpoints)
-    iterator = iter(pipeline)
-    start = checkpointer.latest_step() or 0
-    if start:
-        state, _ = checkpointer.restore(start, state, iterator)
-    log = MetricsLog(workdir, start) if primary else None
-    stop = _PreemptionFlag()
-    bar = _progress(progress and primary, start, total_steps)
+    log = MetricsLog(workdir, start) if jax.process_index() == 0 else None
+    stop = Preemption(start)
+    bar = _progress(progress, start, total_steps)
     meta = {"total_steps": total_steps, "config": _plain(to_dict(config))}  # the resolved config, with each save
     step, nonfinite_run, tokens_since, tic = start, 0, 0, time.perf_counter()
     try:
-        while step < total_steps and not stop.raised:
+        while step < total_steps and not stop.should_stop(step):
             local = next(iterator)
-            batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+            batch = {k: jax.make_array_from_process_local_data(setup.batch_sharding, v)
                      for k, v in local.items() if k in ("input_ids", "labels", "attention_mask", "pixel_values")}
-            with jax.set_mesh(mesh):
-                state, metrics = step_fn(state, frozen, batch)
+            with jax.set_mesh(setup.mesh):
+                state, metrics = step_fn(state, setup.frozen, batch)
             step += 1
             tokens_since += int(metrics["tokens"])
             finite = bool(metrics["finite"])
@@ -181,38 +191,15 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
             bar.update(1)
             if finite and (step % t.checkpoint_every == 0 or step == total_steps):
                 checkpointer.save(step, state, iterator, {**meta, "step": step})
-        if stop.raised and step < total_steps:
+        preempted = stop.stopped and step < total_steps
+        if preempted:
             checkpointer.save(step, state, iterator, {**meta, "step": step, "preempted": True})
     finally:
-        checkpointer.wait()
-        checkpointer.close()
         if log is not None:
             log.close()
         bar.close()
-        stop.restore()
-    if primary:
-        plot_loss(workdir)
-    return RunResult(step, total_steps, "preempted" if stop.raised and step < total_steps else "finished", workdir)
-
-
-def _pure_shardings(state: nnx.State, mesh) -> dict:
-    shardings = jax.tree.map(lambda v: v.replace(variable_sharding(v, mesh)), state,
-                             is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return nnx.to_pure_dict(shardings)
-
-
-class _PreemptionFlag:
-    """SIGTERM sets a flag; the loop saves a checkpoint at the current step and returns."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.raised = True
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        stop.close()
+    return step, preempted
 
 
 def _progress(enabled: bool, start: int, total: int):

@@ -1,17 +1,19 @@
-"""The trained model of a workdir: the base rebuilt from its config, the newest checkpoint's params on top."""
+"""The trained model of a workdir, on any mesh: the frozen base rebuilt from the run's config onto the mesh, the
+newest checkpoint's trainable parameters restored onto the same shardings (never the optimizer state)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
-from flax import nnx
+from jax.sharding import Mesh
 
 from vlguard_jax.config import Config, load_config
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
-from vlguard_jax.train.model_setup import build_model
-from vlguard_jax.train.trainable import split_model
+from vlguard_jax.parallel import make_mesh
+from vlguard_jax.train.checkpointing import Checkpointer
+from vlguard_jax.train.setup import build
 
 
 def tokenizer_dir(config: Config, workdir: Path) -> Path:
@@ -22,43 +24,41 @@ def tokenizer_dir(config: Config, workdir: Path) -> Path:
     return Path(config.model.path)
 
 
-def load_trained(workdir: str | Path, step: int | None = None) -> tuple[LlavaForConditionalGeneration, Config]:
+def is_workdir(path: str | Path) -> bool:
+    return (Path(path) / "config.yaml").exists() and (Path(path) / "checkpoints").exists()
+
+
+def load_trained(workdir: str | Path, step: int | None = None, mesh: Mesh | None = None,
+                 dtype=None) -> tuple[LlavaForConditionalGeneration, Config]:
+    """`dtype`: the compute dtype and that of the frozen weights (default: the run's); trained weights stay fp32.
+    `mesh`: default one device."""
     from transformers import AutoTokenizer
 
     workdir = Path(workdir)
     config = load_config(workdir / "config.yaml")
-    model = build_model(config.model, config.train, AutoTokenizer.from_pretrained(tokenizer_dir(config, workdir)))
-    manager = ocp.CheckpointManager((workdir / "checkpoints").absolute(), item_names=("state", "data", "meta"))
-    step = manager.latest_step() if step is None else step
+    checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
+    step = checkpointer.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint; train first")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    manager.close()
-    graphdef, trainable, frozen = split_model(model, config.train.mode)
-    params = restored.state["params"]
-    # trained weights keep their fp32 (a bf16 base's projector would otherwise be rounded on export)
-    trainable = nnx.from_flat_state([(path, var.replace(jnp.asarray(_get(params, path))))
-                                     for path, var in nnx.to_flat_state(trainable)])
-    return nnx.merge(graphdef, trainable, frozen), config
+    mesh = mesh or make_mesh(devices=jax.devices()[:1])
+    setup = build(config, mesh, values="frozen", dtype=dtype,
+                  tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir(config, workdir)))
+    params = checkpointer.restore_params(step, setup.params)
+    checkpointer.close()
+    return setup.model(params), config
 
 
-def _get(tree: dict, path: tuple):
-    for key in path:
-        tree = tree[key] if key in tree else tree[str(key)]
-    return tree
-
-
-def load_model_and_tokenizer(path: str | Path, dtype=jnp.float32):
+def load_model_and_tokenizer(path: str | Path, dtype=jnp.float32, mesh: Mesh | None = None):
     """A checkpoint directory (config.json + weights + tokenizer) or a training workdir (base + checkpoint)."""
     from transformers import AutoTokenizer
 
     from vlguard_jax.checkpoints.hf import load_pretrained
 
     path = Path(path)
-    if (path / "config.yaml").exists() and (path / "checkpoints").exists():
-        model, config = load_trained(path)
+    if is_workdir(path):
+        model, config = load_trained(path, mesh=mesh, dtype=dtype)
         return model, AutoTokenizer.from_pretrained(tokenizer_dir(config, path))
-    return load_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
+    return load_pretrained(path, dtype=dtype, mesh=mesh), AutoTokenizer.from_pretrained(path)
 
 
 def export_workdir(workdir: str | Path, out: str | Path, format: str = "merged") -> Path:

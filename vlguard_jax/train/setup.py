@@ -1,0 +1,209 @@
+"""The one run setup: model, adapters, trainable/frozen split, fp32 masters, shardings, optimizer state.
+
+`train`, `plan`, `bench`, `eval` and `export` all start here, so a plan compiles the step the run executes.
+Nothing is ever materialised whole: the model is built abstractly (`nnx.eval_shape`); checkpoint tensors are
+placed one at a time onto their shardings (each device receives only its slice); random weights and LoRA
+adapters are drawn under `jit` with `out_shardings`. After setup each device holds its slice of every frozen
+weight (compute dtype), of every trainable weight (fp32) and, once `init_state` runs, of their Adam moments.
+
+`values` says how much is made concrete:
+- `"abstract"`: nothing (plan: shapes and shardings only);
+- `"init"`: everything (a new run: base weights from the checkpoint or drawn at random, adapters drawn);
+- `"frozen"`: the frozen weights only; the trainable ones come from a run checkpoint (resume, eval, export).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from vlguard_jax.config import Config, ConfigError
+from vlguard_jax.data.sources import IMAGE_PLACEHOLDER
+from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.llama import set_attention_chunk
+from vlguard_jax.models.llava import LlavaForConditionalGeneration
+from vlguard_jax.models.lora import LoraConfig, apply_lora
+from vlguard_jax.parallel import logical_to_spec, make_mesh, variable_sharding
+from vlguard_jax.train.optimizer import build_optimizer
+from vlguard_jax.train.step import TrainState, init_state, make_train_step, merge_params, state_shardings
+from vlguard_jax.train.trainable import split_model
+
+VALUES = ("abstract", "init", "frozen")
+_is_variable = lambda x: isinstance(x, nnx.Variable)
+
+
+@dataclasses.dataclass
+class RunSetup:
+    llava: LlavaConfig
+    mesh: Mesh
+    graphdef: nnx.GraphDef
+    template: nnx.State  # the trainable State's structure and metadata (abstract values: holds no weights)
+    frozen: nnx.State  # arrays on the mesh, or `ShapeDtypeStruct`s with their shardings
+    params: dict  # fp32 trainable parameters as a pure dict: arrays, or `ShapeDtypeStruct`s with shardings
+    tx: optax.GradientTransformation
+    seed: int
+
+    @property
+    def frozen_shardings(self):
+        return jax.tree.map(lambda a: a.sharding, self.frozen)
+
+    @property
+    def state_shardings(self) -> TrainState:
+        return state_shardings(self.params, self.tx, self.seed, self.mesh)
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, logical_to_spec(("batch",)))
+
+    def abstract_state(self) -> TrainState:
+        """The train state's shapes, dtypes and shardings: a restore target, or a plan's input."""
+        abstract = jax.eval_shape(lambda p: init_state(p, self.tx, self.seed), self.params)
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                            self.state_shardings)
+
+    def init_state(self) -> TrainState:
+        """Step 0: the trainable parameters (donated, not copied) and zero moments, each on its sharding."""
+        with jax.set_mesh(self.mesh):
+            make = jax.jit(lambda p: init_state(p, self.tx, self.seed), out_shardings=self.state_shardings,
+                           donate_argnums=0)
+            state = make(self.params)
+        self.params = _abstract(self.params)  # the donated arrays are gone; keep their description
+        return state
+
+    def train_step(self, accum_steps: int, loss_chunk: int = 0, dropout: bool = True):
+        """`step(state, frozen, batch) -> (state, metrics)`, jitted with this mesh's shardings (call it under
+        `jax.set_mesh(setup.mesh)`)."""
+        state_sh = self.state_shardings
+        step = make_train_step(self.graphdef, self.template, self.tx, accum_steps, dropout, loss_chunk)
+        return jax.jit(step, in_shardings=(state_sh, self.frozen_shardings, self.batch_sharding),
+                       out_shardings=(state_sh, None), donate_argnums=0)
+
+    def model(self, params=None) -> LlavaForConditionalGeneration:
+        """The model with `params` (default: the setup's own) over the frozen weights, on the mesh."""
+        return merge_params(self.graphdef, self.template, self.params if params is None else params, self.frozen)
+
+
+def mesh_for(config: Config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The config's `data × fsdp × tensor` mesh over `devices` (default: all); `fsdp: -1` takes the rest."""
+    devices = list(jax.devices() if devices is None else devices)
+    m = config.mesh
+    fsdp = m.fsdp if m.fsdp != -1 else len(devices) // (m.data * m.tensor)
+    return make_mesh(m.data, fsdp, m.tensor, devices)
+
+
+def model_config(config: Config, tokenizer=None) -> LlavaConfig:
+    """The model's shapes: from the checkpoint's config.json, or from `model.architecture` (whose vocabulary and
+    special ids come from the tokenizer when one is given)."""
+    if config.model.path is not None:
+        from vlguard_jax.checkpoints.hf import read_config, resolve_checkpoint
+
+        config_path, raw = read_config(config.model.path)
+        if raw.get("model_type") == "llava":  # config.json alone: a plan needs no weights
+            return LlavaConfig.from_hf(raw)
+        return resolve_checkpoint(config.model.path, config.model.vision_tower).config
+    if config.model.architecture is None:
+        raise ConfigError("model: give either path (a checkpoint directory) or architecture (random init)")
+    if tokenizer is None:
+        return LlavaConfig.from_hf(config.model.architecture)
+    return architecture_config(config.model.architecture, tokenizer)
+
+
+def architecture_config(architecture: dict, tokenizer) -> LlavaConfig:
+    """A llava-hf config dict whose vocabulary and special ids come from the tokenizer."""
+    text = {**architecture.get("text_config", {}), "vocab_size": len(tokenizer),
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+    image_token = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    return LlavaConfig.from_hf({**architecture, "text_config": text, "image_token_index": image_token})
+
+
+def make_model(llava: LlavaConfig, config: Config, dtype=None) -> LlavaForConditionalGeneration:
+    """The run's model with random weights (seeded) and, for LoRA runs, its adapters: the one constructor that
+    `eval_shape` describes and `jit` draws from. `dtype` overrides the run's compute dtype."""
+    dtype = jnp.dtype(dtype or config.model.dtype)
+    t = config.train
+    model = LlavaForConditionalGeneration(llava, dtype=dtype, param_dtype=dtype, remat=config.model.remat,
+                                          rngs=nnx.Rngs(t.seed))
+    set_attention_chunk(model, config.model.attention_chunk)
+    if t.mode == "lora":
+        apply_lora(model, LoraConfig(t.lora.rank, t.lora.alpha, t.lora.dropout, t.lora.targets, t.lora.rslora),
+                   nnx.Rngs(t.seed + 1))
+    return model
+
+
+def build(config: Config, mesh: Mesh, *, values: str = "init", llava: LlavaConfig | None = None, tokenizer=None,
+          dtype=None, total_steps: int = 1000, on_tensor: Callable[[tuple], None] | None = None) -> RunSetup:
+    """The run's setup on `mesh`. `dtype` overrides the compute dtype (and that of the frozen weights; random
+    ones are still drawn in the run's dtype, so an evaluation sees the weights the run trained over);
+    `on_tensor(path)` runs after each checkpoint tensor is placed."""
+    if values not in VALUES:
+        raise ValueError(f"values must be one of {', '.join(VALUES)}, got {values!r}")
+    llava = llava or model_config(config, tokenizer)
+    if tokenizer is not None and len(tokenizer) > llava.text.vocab_size:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
+                          f"{llava.text.vocab_size}: use the tokenizer that belongs to the checkpoint")
+    graphdef, trainable, frozen = split_model(nnx.eval_shape(lambda: make_model(llava, config, dtype)),
+                                              config.train.mode)
+    sharded = lambda state, dtype=None: jax.tree.map(
+        lambda v: v.replace(jax.ShapeDtypeStruct(v.shape, dtype or v.dtype, sharding=variable_sharding(v, mesh))),
+        state, is_leaf=_is_variable)
+    frozen, trainable = sharded(frozen), sharded(trainable, jnp.float32)  # trainable weights train in fp32
+    everything = nnx.from_flat_state([*nnx.to_flat_state(frozen), *nnx.to_flat_state(trainable)])
+    if values != "abstract":
+        frozen = _concrete(frozen, everything, llava, config, on_tensor)
+    if values == "init":
+        trainable = _concrete(trainable, everything, llava, config, on_tensor)
+    params = nnx.to_pure_dict(trainable)
+    tx = build_optimizer(config.train.optimizer, params, total_steps)
+    return RunSetup(llava, mesh, graphdef, _abstract_state(trainable), frozen, params, tx, config.train.seed)
+
+
+def _concrete(wanted: nnx.State, everything: nnx.State, llava: LlavaConfig, config: Config, on_tensor) -> nnx.State:
+    """The values of `wanted` (a part of `everything`, the whole abstract model): checkpoint weights read onto
+    their shardings; adapters, and every weight of a random-init model, drawn under jit into their shardings."""
+    from_checkpoint = lambda v: config.model.path is not None and not isinstance(v, nnx.LoRAParam)
+    flat = nnx.to_flat_state(wanted)
+    read = {path for path, v in flat if from_checkpoint(v)}
+    out = []
+    if read:
+        from vlguard_jax.checkpoints.hf import load_state, resolve_checkpoint
+
+        resolved = resolve_checkpoint(config.model.path, config.model.vision_tower)
+        checkpoint_backed = nnx.from_flat_state([(p, v) for p, v in nnx.to_flat_state(everything) if from_checkpoint(v)])
+        value = lambda v: v.get_value()
+        out += list(nnx.to_flat_state(load_state(resolved, checkpoint_backed, lambda p, v: value(v).sharding,
+                                                 lambda p, v: value(v).dtype, on_tensor, select=read)))
+    drawn = [(path, v) for path, v in flat if path not in read]
+    if drawn:
+        out += list(nnx.to_flat_state(_draw(nnx.from_flat_state(drawn), llava, config)))
+    return nnx.from_flat_state(out)
+
+
+def _draw(state: nnx.State, llava: LlavaConfig, config: Config) -> nnx.State:
+    paths = {path for path, _ in nnx.to_flat_state(state)}
+    target = nnx.to_pure_dict(state)
+
+    def draw():  # the whole model is traced; XLA drops the draws of weights not returned
+        full = nnx.to_flat_state(nnx.state(make_model(llava, config)))
+        picked = nnx.to_pure_dict(nnx.from_flat_state([(p, v) for p, v in full if p in paths]))
+        return jax.tree.map(lambda x, t: x.astype(t.dtype), picked, target)
+
+    values = jax.jit(draw, out_shardings=jax.tree.map(lambda t: t.sharding, target))()
+    out = _abstract_state(state)
+    nnx.replace_by_pure_dict(out, values)
+    return out
+
+
+def _abstract_state(state: nnx.State) -> nnx.State:
+    """A copy of `state` whose values are `ShapeDtypeStruct`s (a template that pins no device memory)."""
+    return jax.tree.map(lambda v: v.replace(_abstract(v.get_value())), state, is_leaf=_is_variable)
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)), tree)
