@@ -6,39 +6,23 @@ import sys
 import time
 
 import pytest
-from flax import nnx
 
 from data_fixtures import shared_file
-from train_fixtures import TINY, environment
-from vlguard_jax import save_pretrained
+from eval_fixtures import random_checkpoint, vlguard_eval_args
+from train_fixtures import environment
 from vlguard_jax.cli import main
-from vlguard_jax.data import synthetic
 from vlguard_jax.data.sources import DataError
-from vlguard_jax.data.vocab import build_tokenizer
 from vlguard_jax.evaluate import benchmarks
-from vlguard_jax.models.llava import LlavaForConditionalGeneration
-from vlguard_jax.train.model_setup import architecture_config
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A random tiny model with the synthetic data's tokenizer, saved as a checkpoint, and the test split."""
-    root = tmp_path_factory.mktemp("eval")
-    paths = synthetic.generate(root / "data", synthetic.SyntheticConfig(image_size=16, num_train_images=2,
-                                                                        num_test_images=12, num_instruct=2))
-    tokenizer = build_tokenizer(synthetic.corpus(), vocab_size=500)
-    config = architecture_config(TINY["model"]["architecture"], tokenizer)
-    model = LlavaForConditionalGeneration(config, rngs=nnx.Rngs(0))
-    save_pretrained(model, root / "model")
-    tokenizer.save_pretrained(root / "model")
-    return root, paths
+    return random_checkpoint(tmp_path_factory.mktemp("eval"), num_test_images=12)
 
 
 def eval_args(setup, out, *extra):
-    root, paths = setup
-    return ["eval", "--model", str(root / "model"), "--benchmark", "vlguard", "--data", str(paths["test"]),
-            "--images", str(paths["images"]), "--out", str(out), "--batch-size", "2", "--max-new-tokens", "6",
-            *extra]
+    return vlguard_eval_args(setup, out, 6, *extra)
 
 
 def test_vlguard_subsets_and_report(setup, tmp_path, capsys):

@@ -85,10 +85,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    _distributed(args)
+    import jax
     import jax.numpy as jnp
 
     from vlguard_jax.data.images import ImageSource
     from vlguard_jax.evaluate import benchmarks
+    from vlguard_jax.evaluate.fingerprint import check, describe
     from vlguard_jax.evaluate.judges import make_judge
     from vlguard_jax.evaluate.runner import EvalConfig, evaluate
     from vlguard_jax.generate import SamplingConfig
@@ -100,13 +103,41 @@ def _eval(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     suite = [b for name, path in zip(names, args.data) for b in benchmarks.load(name, path)]
-    model, tokenizer = load_model_and_tokenizer(args.model, jnp.dtype(args.dtype))
     config = EvalConfig(batch_size=args.batch_size, template=args.template, image_mode=args.image_mode,
                         sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed))
+    run = describe(args.model, names, args.data, args.images, config, args.judge, args.dtype)
+    if not args.overwrite:
+        check(args.out, run)  # before the model loads: a refusal should not cost minutes
+    mesh = _eval_mesh(args.mesh, args.batch_size)
+    model, tokenizer = load_model_and_tokenizer(args.model, jnp.dtype(args.dtype), mesh=mesh)
     images = ImageSource(args.images) if args.images else None
-    summary = evaluate(model, tokenizer, suite, args.out, make_judge(args.judge), images, config)
-    print((args.out / "report.md").read_text())
+    summary = evaluate(model, tokenizer, suite, args.out, make_judge(args.judge), images, config,
+                       fingerprint=run, overwrite=args.overwrite, mesh=mesh)
+    if jax.process_index() == 0:
+        print((args.out / "report.md").read_text())
     return 0 if summary else 1
+
+
+def _eval_mesh(spec: str | None, batch_size: int):
+    """`--mesh data=2,fsdp=4`: unnamed axes are 1, except fsdp, which takes the remaining devices. Default: fsdp
+    over as many devices as the batch divides over, tensor over the rest."""
+    import math
+
+    import jax
+
+    from vlguard_jax.config import ConfigError, load_config
+    from vlguard_jax.train.setup import mesh_for
+
+    if spec:
+        mesh = mesh_for(load_config(None, [f"mesh.{part}" for part in spec.split(",")]))
+    else:
+        fsdp = math.gcd(batch_size, jax.device_count())
+        mesh = mesh_for(load_config(None, [f"mesh.fsdp={fsdp}", f"mesh.tensor={jax.device_count() // fsdp}"]))
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % shards:
+        raise ConfigError(f"--batch-size {batch_size} does not divide over the mesh's data × fsdp = {shards} devices; "
+                          f"use a multiple of {shards} or another --mesh")
+    return mesh
 
 
 def _judge(args: argparse.Namespace) -> int:
@@ -171,25 +202,48 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     import json
+    import os
 
     import jax
 
-    jax.config.update("jax_num_cpu_devices", args.devices)  # before the first device query: virtual CPUs
+    if args.topology is not None:
+        if not os.environ.get("JAX_PLATFORMS"):  # the slice is compiled for, never run: leave local TPUs alone
+            jax.config.update("jax_platforms", "cpu")
+    else:
+        jax.config.update("jax_num_cpu_devices", args.devices)  # before the first device query: virtual CPUs
     from vlguard_jax.config import load_config
     from vlguard_jax.plan import plan
+    from vlguard_jax.topology import TopologyError
 
     overrides = list(args.overrides)
     if args.mesh:
         overrides += [f"mesh.{part}" for part in args.mesh.split(",")]
-    if jax.default_backend() == "cpu" and jax.device_count() < args.devices:
+    if args.max_batch and args.topology is None:
+        print("error: --max-batch needs --topology (only libtpu's compile says what does not fit)", file=sys.stderr)
+        return 2
+    if args.topology is None and jax.default_backend() == "cpu" and jax.device_count() < args.devices:
         print(f"error: only {jax.device_count()} devices are available", file=sys.stderr)
         return 2
-    result = plan(load_config(args.config, overrides), args.devices, args.architecture)
+    try:
+        result = plan(load_config(args.config, overrides), args.topology or args.devices, args.architecture,
+                      max_batch=args.max_batch, log=lambda line: print(f"probe: {line}", flush=True))
+    except TopologyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     gib = lambda b: f"{b / 2**30:.2f} GiB"
     for name, value in result["per_device_bytes"].items():
-        print(f"{name:>18}: {gib(value)} per device")
-    print("fits in HBM (GB): " + ", ".join(f"{gb}: {'yes' if ok else 'no'}" for gb, ok in result["fits_hbm_gb"].items()))
+        if value is not None:
+            print(f"{name:>18}: {gib(value)} per device")
+    if "fits" in result:
+        where = f"{result['topology'] or result['devices']} ({result['device_kind']})"
+        print(f"{where}: fits" if result["fits"] else f"{where}: does not fit: {result['compiler_message']}")
+    if result["fits_hbm_gb"]:
+        print("fits in HBM (GB): " + ", ".join(f"{gb}: {'yes' if ok else 'no'}"
+                                              for gb, ok in result["fits_hbm_gb"].items()))
     print(f"model FLOPs per step: {result['model_flops_per_step']:.3e} ({result['model_flops_per_token']:.3e}/token)")
+    if "max_per_device_batch" in result:
+        print(f"largest per-device batch that fits at seq {result['seq_len']}: {result['max_per_device_batch']} "
+              f"(rows per device per micro-batch)")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     return 0
@@ -200,6 +254,14 @@ def _bench(args: argparse.Namespace) -> int:
 
     run(args.sizes, args.out, args.repeats, tuple(args.decode_batch), pipeline=not args.no_pipeline)
     return 0
+
+
+def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--distributed", action="store_true", help="multi-host: auto-detect (TPU pod, SLURM)")
+    parser.add_argument("--coordinator", help="multi-host: coordinator address HOST:PORT")
+    parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    parser.add_argument("--cpu-collectives", choices=("gloo", "mpi"), help="collectives for multi-process CPU runs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,7 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     planner = commands.add_parser("plan", help="per-device memory and FLOPs of a config's train step (AOT, abstract)")
     planner.add_argument("--config", type=Path, required=True)
-    planner.add_argument("--devices", type=int, required=True, help="devices to plan for (virtual CPUs are fine)")
+    target = planner.add_mutually_exclusive_group(required=True)
+    target.add_argument("--devices", type=int, help="devices to plan for (virtual CPUs are fine)")
+    target.add_argument("--topology", help="a TPU slice, compiled for by libtpu on this machine: v5e:2x4, "
+                                           "v5p:2x2x2, v6e:2x4, … (pip install -e \".[tpu]\")")
+    planner.add_argument("--max-batch", action="store_true",
+                         help="with --topology: the largest per-device batch that fits (one compile per probe)")
     planner.add_argument("--mesh", help="e.g. data=1,fsdp=8,tensor=1 (default: the config's)")
     planner.add_argument("--architecture", help="a known shape instead of model.path: llava-1.5-7b, llava-1.5-13b")
     planner.add_argument("--out", type=Path, help="write the plan as json")
@@ -252,11 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, required=True, help="YAML config (see configs/)")
     train.add_argument("--workdir", type=Path, help="run directory (default: runs/<config name>)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=1")
-    train.add_argument("--distributed", action="store_true", help="multi-host: auto-detect (TPU pod, SLURM)")
-    train.add_argument("--coordinator", help="multi-host: coordinator address HOST:PORT")
-    train.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-    train.add_argument("--process-id", type=int, help="multi-host: this process's index")
-    train.add_argument("--cpu-collectives", choices=("gloo", "mpi"), help="collectives for multi-process CPU runs")
+    _add_distributed_arguments(train)
     train.set_defaults(run=_train)
 
     export = commands.add_parser("export", help="export a trained workdir: merged llava-hf weights or a PEFT adapter")
@@ -280,7 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--top-p", type=float, default=1.0)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--image-mode", default="pad", choices=("pad", "crop"))
-    evaluate.add_argument("--dtype", choices=DTYPES, default="float32")
+    evaluate.add_argument("--dtype", choices=DTYPES, default="bfloat16",
+                          help="compute dtype and that of the frozen weights (logits and sampling stay fp32)")
+    evaluate.add_argument("--mesh", help="e.g. data=2,fsdp=4,tensor=1 (default: fsdp over as many devices as the batch "
+                                         "size divides over, tensor over the rest)")
+    _add_distributed_arguments(evaluate)
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="clear --out's earlier results (needed when they were made with other settings)")
     evaluate.set_defaults(run=_eval)
 
     judge = commands.add_parser("judge", help="judge responses made anywhere: jsonl lines with id and response")

@@ -2,7 +2,8 @@
 
 Prompts are cut into batches by their position in the benchmark, and a batch's lines are written in one
 append: an interrupted evaluation re-run with the same arguments skips the finished prompts and recomputes the
-rest in the same batches, so its files equal those of one uninterrupted run.
+rest in the same batches, so its files equal those of one uninterrupted run. Given a `fingerprint`
+(`fingerprint.describe`), DIR/run.json records it and a re-run with other settings is refused, not mixed in.
 """
 
 from __future__ import annotations
@@ -13,9 +14,14 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
 from vlguard_jax.data.chat import ChatTokenizer, SampleError
 from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource, preprocess
 from vlguard_jax.data.sources import Turn
+from vlguard_jax.evaluate import fingerprint as run_record
 from vlguard_jax.evaluate import scoring
 from vlguard_jax.evaluate.benchmarks import Benchmark, Prompt
 from vlguard_jax.evaluate.judges import Judge
@@ -33,19 +39,34 @@ class EvalConfig:
 
 
 def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | os.PathLike, judge: Judge,
-             images: ImageSource | None = None, config: EvalConfig = EvalConfig(), progress: bool = True) -> dict:
+             images: ImageSource | None = None, config: EvalConfig = EvalConfig(), progress: bool = True,
+             fingerprint: dict | None = None, overwrite: bool = False, mesh: Mesh | None = None) -> dict:
+    """`overwrite` clears DIR's earlier results first; `fingerprint` is checked against (or recorded in) DIR.
+
+    `mesh`: the mesh the model is on (see `Generator`). With several processes every process runs the same
+    batches (each device generates its rows) and process 0 alone writes; all read the finished state at each
+    benchmark's start, after process 0 has trimmed an interrupted run's cut line."""
     out_dir = Path(out_dir)
+    writer = jax.process_index() == 0
+    if writer and overwrite:
+        run_record.clear(out_dir)
+    if writer and fingerprint is not None:
+        run_record.claim(out_dir, fingerprint)
     chat = ChatTokenizer(tokenizer, config.template, model.config.num_image_tokens, max_length=2**31 - 1)
     stop_ids = [tokenizer.eos_token_id]
-    generator = Generator(model, pad_id=tokenizer.pad_token_id or 0, stop_ids=stop_ids, batch_size=config.batch_size)
+    generator = Generator(model, pad_id=tokenizer.pad_token_id or 0, stop_ids=stop_ids, batch_size=config.batch_size,
+                          mesh=mesh)
     image_config = ImageConfig(size=model.config.vision.image_size, mode=config.image_mode)
+    append = _append if writer else lambda path, records: None
     summary = {}
     for benchmark in benchmarks:
         directory = out_dir / benchmark.name
-        directory.mkdir(parents=True, exist_ok=True)
         responses, skips = directory / "responses.jsonl", directory / "skips.jsonl"
-        for path in (responses, skips):
-            _drop_partial_line(path)  # a line cut by an interruption: its prompt runs again
+        if writer:
+            directory.mkdir(parents=True, exist_ok=True)
+            for path in (responses, skips):
+                _drop_partial_line(path)  # a line cut by an interruption: its prompt runs again
+        multihost_utils.sync_global_devices(f"vlguard-jax eval: {benchmark.name} ready")
         done = {r["id"] for path in (responses, skips) for r in _read_jsonl(path)}
         batches = [benchmark.prompts[i: i + config.batch_size]
                    for i in range(0, len(benchmark.prompts), config.batch_size)]
@@ -55,14 +76,16 @@ def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | o
         for batch in tqdm(todo, desc=benchmark.name, unit="batch", disable=not progress):
             records, failed = _run_batch(model, tokenizer, chat, generator, batch, benchmark, judge, images,
                                          image_config, config)
-            _append(skips, [s for s in failed if s["id"] not in done])
-            _append(responses, [r for r in records if r["id"] not in done])
+            append(skips, [s for s in failed if s["id"] not in done])
+            append(responses, [r for r in records if r["id"] not in done])
         for skip in benchmark.skips:  # malformed rows of the benchmark file itself
             if skip.id not in done:
-                _append(skips, [{"id": skip.id, "reason": skip.reason}])
+                append(skips, [{"id": skip.id, "reason": skip.reason}])
+        multihost_utils.sync_global_devices(f"vlguard-jax eval: {benchmark.name} written")
         records = _read_jsonl(responses)
         summary[benchmark.name] = {**score(records, benchmark.metric), "skipped": len(_read_jsonl(skips))}
-    write_report(out_dir, summary)
+    if writer:
+        write_report(out_dir, summary)
     return summary
 
 

@@ -1,0 +1,98 @@
+"""`OUT/run.json`: what an evaluation directory holds results of, so a resumed `eval` cannot mix in other runs.
+
+`evaluate` resumes by skipping finished prompt ids; without a record, a re-run with another model, data file or
+sampling setting would append its answers to the old ones. The fingerprint holds what changes the answers (not
+the batch size, which does not); a mismatch is refused, or with `overwrite` the old results are cleared first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from vlguard_jax.config import ConfigError
+from vlguard_jax.data.mixture import fingerprint as file_fingerprint
+
+if TYPE_CHECKING:
+    from vlguard_jax.evaluate.runner import EvalConfig
+
+NAME = "run.json"
+REPORT_FILES = ("summary.json", "report.md", "summary.png")  # written by report.write_report
+RESULT_FILES = ("responses.jsonl", "skips.jsonl")  # per benchmark directory, written by runner.evaluate
+
+
+def model_identity(path: str | os.PathLike) -> str:
+    """Cheap: a training workdir's newest checkpoint step, or a checkpoint directory's config.json sha256."""
+    path = Path(path)
+    checkpoints = path / "checkpoints"
+    if (path / "config.yaml").exists() and checkpoints.is_dir():
+        steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()]
+        return f"checkpoint step {max(steps)}" if steps else "no checkpoint"
+    if (path / "config.json").exists():
+        return f"config.json sha256 {file_fingerprint(path / 'config.json')['sha256'][:16]}"
+    return "unknown"
+
+
+def describe(model: str | os.PathLike, benchmarks: Sequence[str], data: Sequence[str | os.PathLike],
+             images: str | os.PathLike | None, config: EvalConfig, judge: str, dtype: str) -> dict:
+    """The fingerprint of one `eval` invocation (paths resolved: `./ckpt` and `ckpt` are one model)."""
+    sampling = config.sampling
+    return {
+        "model": str(Path(model).resolve()), "model_identity": model_identity(model),
+        "benchmarks": list(benchmarks), "data": [str(Path(p).resolve()) for p in data],
+        "data_sha256": [file_fingerprint(p)["sha256"][:16] for p in data],
+        "images": str(Path(images).resolve()) if images else None,
+        "template": config.template, "image_mode": config.image_mode, "stop_strings": list(config.stop_strings),
+        "max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p,
+        "seed": sampling.seed, "judge": judge, "dtype": dtype,
+    }
+
+
+def check(out_dir: str | os.PathLike, fingerprint: dict) -> bool:
+    """Whether OUT already holds results of `fingerprint`; raises when it holds results of anything else."""
+    out_dir = Path(out_dir)
+    path = out_dir / NAME
+    if not path.exists():
+        if _results(out_dir):
+            raise ConfigError(f"{out_dir}: holds evaluation results but no {NAME} to say of what; use another "
+                              f"--out or --overwrite")
+        return False
+    try:
+        held = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path}: unreadable ({e}); use another --out or --overwrite") from e
+    fingerprint = json.loads(json.dumps(fingerprint))  # as read back: lists, not tuples
+    differ = [k for k in {**held, **fingerprint} if held.get(k) != fingerprint.get(k)]
+    if differ:
+        details = "; ".join(f"{k}: {held.get(k)!r} → {fingerprint.get(k)!r}" for k in differ)
+        raise ConfigError(f"{path}: this directory holds an evaluation with other settings ({details}); "
+                          f"use another --out or --overwrite")
+    return True
+
+
+def claim(out_dir: str | os.PathLike, fingerprint: dict) -> None:
+    """Makes OUT hold results of `fingerprint` only: records it on first use, refuses another one."""
+    out_dir = Path(out_dir)
+    if check(out_dir, fingerprint):
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temporary = out_dir / f".{NAME}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(fingerprint, indent=1))
+    os.replace(temporary, out_dir / NAME)
+
+
+def clear(out_dir: str | os.PathLike) -> None:
+    """Removes the files an evaluation wrote (only those: OUT may be a directory holding other things)."""
+    out_dir = Path(out_dir)
+    for path in _results(out_dir) + [out_dir / name for name in (NAME, *REPORT_FILES)]:
+        path.unlink(missing_ok=True)
+        if path.parent != out_dir and not any(path.parent.iterdir()):
+            path.parent.rmdir()
+
+
+def _results(out_dir: Path) -> list[Path]:
+    if not out_dir.is_dir():
+        return []
+    return sorted(p for name in RESULT_FILES for p in out_dir.glob(f"*/{name}"))
