@@ -101,13 +101,14 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_rerun_resumes(referen
     assert first >= 5
     assert [s for s, _ in losses(workdir)] == list(range(1, first + 1))
 
-    # Signalled while the resumed run starts up (process 0 has printed, so both have joined the runtime), most
-    # likely before its first step: the notice must still stop it, after one step or a few.
+    # Signalled while the resumed run sets up (process 0 has printed, so both have installed their handler):
+    # both stop before their first step and save nothing new (or, had process 1 already reached the first
+    # step's agreement, after that one step).
     runs = start_two(config, workdir, tmp_path, "startup")
     wait_until(lambda: "training samples" in (tmp_path / "startup.0.out").read_text(), runs)
     runs[1][0].send_signal(signal.SIGTERM)
     second = preempted_step(finish(runs, timeout=180), workdir)
-    assert second > first
+    assert second in (first, first + 1)
 
     outputs = finish(start_two(config, workdir, tmp_path, "end"), timeout=600)
     assert all(f"finished at step {STEPS}/{STEPS}" in out for out in outputs), outputs

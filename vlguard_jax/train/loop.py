@@ -73,13 +73,21 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResult:
-    from transformers import AutoTokenizer
-
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     check_workdir(config, workdir)
     mesh = mesh_for(config)
     check_batch(config, mesh)
+    stop = Preemption()  # from here on: a signal during set-up stops the run before its first step
+    try:
+        return _train(config, workdir, mesh, stop, progress)
+    finally:
+        stop.close()
+
+
+def _train(config: Config, workdir: Path, mesh, stop: Preemption, progress: bool) -> RunResult:
+    from transformers import AutoTokenizer
+
     primary = jax.process_index() == 0  # one writer of run files; every host reads the same data
     data = run_data(config, workdir, primary)
     tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or data.tokenizer_dir or config.model.path)
@@ -95,7 +103,7 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
                   total_steps=total_steps)  # a resumed run reads its trainable weights from the checkpoint alone
     state = checkpointer.restore(start, setup.abstract_state(), iterator)[0] if start else setup.init_state()
     try:
-        step, stopped = run_steps(config, setup, state, iterator, checkpointer, workdir, start, total_steps,
+        step, stopped = run_steps(config, setup, state, iterator, checkpointer, workdir, start, total_steps, stop,
                                   progress and primary)
     finally:
         checkpointer.wait()
@@ -150,19 +158,18 @@ def data_pipeline(config: Config, samples: list, chat: ChatTokenizer, data: Trai
 
 
 def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Checkpointer, workdir: Path,
-              start: int, total_steps: int, progress: bool) -> tuple[int, bool]:
+              start: int, total_steps: int, stop: Preemption, progress: bool) -> tuple[int, bool]:
     """Steps from `start` until the end or a preemption (saved at the step every process stops at); returns the
     step reached and whether the run was preempted."""
     t = config.train
     step_fn = setup.train_step(t.accum_steps, loss_chunk=t.loss_chunk)
     learning_rate = schedule(t.optimizer.learning_rate, total_steps, t.optimizer.warmup_ratio)
     log = MetricsLog(workdir, start) if jax.process_index() == 0 else None
-    stop = Preemption(start)
     bar = _progress(progress, start, total_steps)
     meta = {"total_steps": total_steps, "config": _plain(to_dict(config))}  # the resolved config, with each save
     step, nonfinite_run, tokens_since, tic = start, 0, 0, time.perf_counter()
     try:
-        while step < total_steps and not stop.should_stop(step):
+        while step < total_steps and not stop.should_stop():
             local = next(iterator)
             batch = {k: jax.make_array_from_process_local_data(setup.batch_sharding, v)
                      for k, v in local.items() if k in ("input_ids", "labels", "attention_mask", "pixel_values")}
@@ -192,13 +199,12 @@ def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Ch
             if finite and (step % t.checkpoint_every == 0 or step == total_steps):
                 checkpointer.save(step, state, iterator, {**meta, "step": step})
         preempted = stop.stopped and step < total_steps
-        if preempted:
+        if preempted and step > (checkpointer.latest_step() or 0):  # a stop before any new step saves nothing
             checkpointer.save(step, state, iterator, {**meta, "step": step, "preempted": True})
     finally:
         if log is not None:
             log.close()
         bar.close()
-        stop.close()
     return step, preempted
 
 

@@ -1,23 +1,17 @@
-"""Preemption: a SIGTERM to any one process stops every process after the same step, so that they save together.
+"""Preemption: a SIGTERM to any one process stops every process after the same step, so they can save together.
 
-One process: a Python SIGTERM handler sets a flag that the loop reads before each step.
+Each process catches SIGTERM in a flag. With one process the loop reads the flag before each step; with
+several, every process all-gathers the flags before each step (one int32 each: the loop already waits for
+every step's metrics, so this costs no overlap), and all of them stop as soon as any flag is set: the same
+step everywhere, whichever host was signalled. The handler is installed when a run starts, so a signal during
+the minutes of data loading and model setup stops the run before its first step.
 
-Several processes: a flag per process is not enough — the signalled process would leave the loop while the others
-wait for it in the next step's collective. JAX's distributed runtime solves this, and Orbax uses it:
-`multihost_utils.reached_preemption_sync_point(i)`. `jax.distributed.initialize` starts TSL's preemption notifier,
-a C-level SIGTERM handler polled once a second; on a notice the coordination service tells every process, each
-reports the id of its latest call, and the call with id max + 1 returns True on every process. Measured here
-(jax 0.10.2, CPU, gloo, coordinator on 127.0.0.1, SIGTERM to one of two processes, either one): both stop at the
-same step. What else was measured, and what follows from it:
-- A Python `signal.signal(SIGTERM, …)` installed after `jax.distributed.initialize` replaces TSL's handler: the
-  notice never reaches the runtime and no process stops. So with several processes we install no handler
-  (`signal.getsignal` then says SIG_DFL, although TSL's handler is the active one).
-- A notice before the first call gives sync point 1; with absolute step ids a resumed run (first id = its start
-  step) would never reach it and would ignore the notice. Every process resumes from the same checkpoint, so we
-  count ids from `start` instead: a notice during start-up stops the run after its first step.
-- The id is whatever the latest caller passed, and Orbax's `CheckpointManager.save` also calls with the absolute
-  step (main thread and finalize thread). With ids counted from `start`, a notice landing between such a call and
-  our next one delays the stop by `start` steps (every process still agrees on it); fresh runs are unaffected.
+JAX's own `multihost_utils.reached_preemption_sync_point` was tried first (CPU, gloo, two processes): it stops
+a fresh run correctly, but its sync point is one past the last step id any caller passed (a call with 500,
+then a notice: sync point 501), and Orbax's `CheckpointManager` passes its own absolute step ids, from the
+main thread and from its asynchronous finalize thread; a notice before the first call sets it to 1, which a
+resumed run never reaches. Whether the loop then stops depends on who called last. The all-gather does not.
+(`jax.distributed.initialize` installs the runtime's C-level SIGTERM handler; ours replaces it.)
 """
 
 from __future__ import annotations
@@ -25,33 +19,31 @@ from __future__ import annotations
 import signal
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 
 class Preemption:
-    """Call `should_stop(step)` once per step on every process, with steps from `start` on; `close()` when done."""
+    """Create at the start of a run (main thread); call `should_stop()` once per step on every process."""
 
-    def __init__(self, start: int = 0):
-        self.start = start
+    def __init__(self):
         self.stopped = False  # should_stop has returned True
         self._signalled = False
-        self._multiprocess = jax.process_count() > 1
-        self._previous = None if self._multiprocess else signal.signal(signal.SIGTERM, self._handle)
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self._signalled = True
 
-    def should_stop(self, step: int) -> bool:
-        """True (from then on) once the run must stop before this step: the same step on every process."""
+    def should_stop(self) -> bool:
+        """True (and from then on) once any process was signalled; the same step on every process."""
         if not self.stopped:
-            if self._multiprocess:
-                self.stopped = multihost_utils.reached_preemption_sync_point(step - self.start)
-            else:
-                self.stopped = self._signalled
+            signalled = self._signalled
+            if jax.process_count() > 1:
+                signalled = bool(np.any(multihost_utils.process_allgather(np.int32(signalled))))
+            self.stopped = signalled
         return self.stopped
 
     def close(self) -> None:
-        """Puts back the SIGTERM handler that was there before (one process; with several there is none of ours)."""
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None

@@ -62,13 +62,15 @@ def load_model_and_tokenizer(path: str | Path, dtype=jnp.float32, mesh: Mesh | N
 
 
 def export_workdir(workdir: str | Path, out: str | Path, format: str = "merged") -> Path:
-    """Merged llava-hf weights or a PEFT adapter of a run, with its tokenizer beside them."""
+    """Merged llava-hf weights or a PEFT adapter of a run, with its tokenizer beside them. The model is restored
+    fsdp-sharded over this host's devices (a 13B run's fp32 weights need not fit one device); tensors are
+    gathered to the host one at a time as they are written."""
     import shutil
 
     from vlguard_jax.checkpoints.peft import export_merged, export_peft
 
     workdir, out = Path(workdir), Path(out)
-    model, config = load_trained(workdir)
+    model, config = load_trained(workdir, mesh=make_mesh(fsdp=jax.local_device_count(), devices=jax.local_devices()))
     if format == "peft":
         if config.train.mode != "lora":
             raise ValueError("a PEFT adapter needs a LoRA run (train.mode: lora); export merged weights instead")
