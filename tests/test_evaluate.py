@@ -126,7 +126,7 @@ def test_multiple_choice_picks_the_most_likely_letter(setup, tmp_path):
     data = tmp_path / "mc.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["eval", "--model", str(root / "model"), "--benchmark", "multiple_choice", "--data", str(data),
-                 "--out", str(tmp_path / "out"), "--batch-size", "4"]) == 0
+                 "--out", str(tmp_path / "out"), "--batch-size", "4", "--dtype", "float32"]) == 0
     judged = [json.loads(l) for l in (tmp_path / "out" / "multiple_choice" / "responses.jsonl").open()]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["multiple_choice"]
     assert (summary["n"], summary["skipped"]) == (5, 1)

@@ -92,6 +92,13 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, 
     return jax.lax.while_loop(cond, body, carry)[6]
 
 
+def _next_token_log_probs(graphdef, state, input_ids, attention_mask, pixel_values):
+    model = nnx.merge(graphdef, state)
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+    logits = model(input_ids, pixel_values, attention_mask, positions, row_images=True, last_only=True)
+    return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1)
+
+
 class Generator:
     """Compiles once per (batch size, prompt bucket, sampling settings) and reuses the executable.
 
@@ -111,7 +118,11 @@ class Generator:
         self.buckets = tuple(buckets)
         self.cache_dtype = model.language_model.model.dtype
         self._compiled = {}
+        self._log_probs = None
         self.compilations = 0
+
+    def _replicated(self):
+        return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
 
     def _function(self, sampling: SamplingConfig):
         key = (sampling.max_new_tokens, sampling.temperature, sampling.top_p)
@@ -120,20 +131,12 @@ class Generator:
                 self.compilations += 1  # runs only while tracing
                 return _decode(*args, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                                top_p=sampling.top_p, pad_id=self.pad_id, cache_dtype=self.cache_dtype)
-            replicated = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
-            self._compiled[key] = jax.jit(count_and_decode, out_shardings=replicated)
+            self._compiled[key] = jax.jit(count_and_decode, out_shardings=self._replicated())
         return self._compiled[key]
 
-    def _place(self, host: np.ndarray) -> jax.Array:
-        """The global batch from a host copy every process holds; each device takes its rows."""
-        if self.mesh is None:
-            return jnp.asarray(host)
-        sharding = NamedSharding(self.mesh, logical_to_spec(("batch",)))
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    def generate(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | None],
-                 sampling: SamplingConfig = SamplingConfig()) -> list[np.ndarray]:
-        """Token ids of each prompt's continuation, up to and including its stop token."""
+    def _batch(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | None]) -> list[jax.Array]:
+        """ids, mask and pixels of the prompts left-padded to their bucket, filler rows up to the batch size,
+        placed on the mesh from a host copy every process holds (each device takes its rows)."""
         if len(prompts) > self.batch_size:
             raise ValueError(f"{len(prompts)} prompts exceed the generator's batch size {self.batch_size}")
         length = bucket(max(len(p) for p in prompts), self.buckets)
@@ -147,13 +150,30 @@ class Generator:
             if image is not None:
                 pixels[row] = image
         mask[len(prompts):, -1] = True  # filler rows: one visible token keeps their attention well defined
-        key = jax.random.key(sampling.seed)
-        inputs = [self._place(a) for a in (ids, mask, pixels)]
+        if self.mesh is None:
+            return [jnp.asarray(a) for a in (ids, mask, pixels)]
+        sharding = NamedSharding(self.mesh, logical_to_spec(("batch",)))
+        place = lambda host: jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        return [place(a) for a in (ids, mask, pixels)]
+
+    def _run(self, function, *args) -> np.ndarray:
         with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):
-            out = np.asarray(self._function(sampling)(self.graphdef, self.state, *inputs, self.stop_ids, key))
+            return np.asarray(function(self.graphdef, self.state, *args))
+
+    def generate(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | None],
+                 sampling: SamplingConfig = SamplingConfig()) -> list[np.ndarray]:
+        """Token ids of each prompt's continuation, up to and including its stop token."""
+        out = self._run(self._function(sampling), *self._batch(prompts, images), self.stop_ids,
+                        jax.random.key(sampling.seed))
         results = []
         for row in range(len(prompts)):
             tokens = out[row]
             stops = np.flatnonzero(np.isin(tokens, np.asarray(self.stop_ids)))
             results.append(tokens[: stops[0] + 1] if len(stops) else tokens)
         return results
+
+    def next_token_log_probs(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | None]) -> np.ndarray:
+        """fp32 log-probabilities `[len(prompts), vocab]` of the token after each prompt (one prefill)."""
+        if self._log_probs is None:
+            self._log_probs = jax.jit(_next_token_log_probs, out_shardings=self._replicated())
+        return self._run(self._log_probs, *self._batch(prompts, images))[: len(prompts)]

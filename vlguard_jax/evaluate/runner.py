@@ -26,7 +26,7 @@ from vlguard_jax.evaluate import scoring
 from vlguard_jax.evaluate.benchmarks import Benchmark, Prompt
 from vlguard_jax.evaluate.judges import Judge
 from vlguard_jax.evaluate.report import score, write_report
-from vlguard_jax.generate import Generator, SamplingConfig, bucket
+from vlguard_jax.generate import Generator, SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | o
         from tqdm import tqdm
 
         for batch in tqdm(todo, desc=benchmark.name, unit="batch", disable=not progress):
-            records, failed = _run_batch(model, tokenizer, chat, generator, batch, benchmark, judge, images,
+            records, failed = _run_batch(tokenizer, chat, generator, batch, benchmark, judge, images,
                                          image_config, config)
             append(skips, [s for s in failed if s["id"] not in done])
             append(responses, [r for r in records if r["id"] not in done])
@@ -89,7 +89,7 @@ def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | o
     return summary
 
 
-def _run_batch(model, tokenizer, chat, generator, batch: list[Prompt], benchmark, judge, images, image_config,
+def _run_batch(tokenizer, chat, generator, batch: list[Prompt], benchmark, judge, images, image_config,
                config: EvalConfig) -> tuple[list[dict], list[dict]]:
     prompts, pixels, kept, failed = [], [], [], []
     for prompt in batch:
@@ -108,9 +108,7 @@ def _run_batch(model, tokenizer, chat, generator, batch: list[Prompt], benchmark
         return [], failed
     records = [{"id": p.id, "prompt": p.text, **({"image": p.image} if p.image else {})} for p in kept]
     if benchmark.metric == "accuracy":
-        length = bucket(max(len(p) for p in prompts), generator.buckets)
-        picks = scoring.choose(model, tokenizer, prompts, pixels, [p.metadata["choices"] for p in kept],
-                               tokenizer.pad_token_id or 0, length)
+        picks = scoring.choose(generator, tokenizer, prompts, pixels, [p.metadata["choices"] for p in kept])
         for record, prompt, pick in zip(records, kept, picks):
             record.update(response=scoring.LETTERS[pick], correct=pick == prompt.metadata["answer"])
         return records, failed
