@@ -3,6 +3,8 @@
 import os
 import tempfile
 
+# CPU unless told otherwise: with libtpu installed (the `tpu` extra) jax would otherwise probe for a TPU first.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

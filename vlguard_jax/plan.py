@@ -13,6 +13,7 @@ Model FLOPs are counted analytically (`train_flops`): XLA's own count sees each 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 
 import jax
@@ -66,6 +67,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
     llava = model_config(config, architecture)
     t = config.train
     mesh = setup.mesh_for(config, devices)
+    rows = per_device_batch(config, mesh)
     lowered, sizes = _lower_step(config, llava, mesh)
     verdict = compile_verdict(lowered) if on_tpu else Verdict(True, compiled=lowered.compile())
     per_device = {"frozen_params": sizes["frozen_params"], "trainable_params": sizes["trainable_params"],
@@ -83,7 +85,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
     flops = train_flops(llava, t.mode, t.global_batch_size, config.data.max_length, t.lora.rank)
     result = {
         "devices": len(devices), "mesh": dict(mesh.shape), "mode": t.mode, "global_batch": t.global_batch_size,
-        "accum_steps": t.accum_steps, "per_device_batch": per_device_batch(config, mesh),
+        "accum_steps": t.accum_steps, "per_device_batch": rows,
         "seq_len": config.data.max_length, "loss_chunk": t.loss_chunk,
         "per_device_bytes": per_device,
         "fits_hbm_gb": {str(gb): bool(peak <= gb * 1e9) for gb in HBM_GB} if peak is not None else {},
@@ -98,7 +100,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
                 result["hbm_bytes_needed"], result["hbm_bytes_available"] = verdict.hbm()
     if max_batch:
         result["max_per_device_batch"], result["max_batch_probes"] = max_per_device_batch(
-            config, llava, mesh, known={result["per_device_batch"]: verdict.fits}, log=log)
+            config, llava, mesh, known={rows: verdict.fits}, log=log)
     return result
 
 
@@ -127,10 +129,15 @@ def max_per_device_batch(config: Config, llava: LlavaConfig, mesh, known: dict[i
 
     def fits(rows: int) -> bool:
         if rows not in probes:
+            began = time.perf_counter()
             lowered, _ = _lower_step(with_per_device_batch(config, rows, mesh), llava, mesh)
-            probes[rows] = compile_verdict(lowered).fits
+            verdict = compile_verdict(lowered)
+            probes[rows] = verdict.fits
             if log is not None:
-                log(f"{rows} rows per device: {'fits' if probes[rows] else 'does not fit'}")
+                hbm = verdict.hbm()
+                needs = f" ({hbm[0] / 2**30:.2f} GiB needed, {hbm[1] / 2**30:.2f} available)" if hbm else ""
+                log(f"{rows} rows per device: {'fits' if verdict.fits else 'does not fit'}{needs}; "
+                    f"{time.perf_counter() - began:.0f} s")
         return probes[rows]
 
     start = min(probes) if probes else 1

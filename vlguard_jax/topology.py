@@ -41,8 +41,9 @@ def slice_devices(topology: str) -> list[jax.Device]:
     if not libtpu_available():
         raise TopologyError(f"planning for TPU topology {topology!r} needs libtpu, which is not installed: "
                             f"pip install -e \".[tpu]\" (jax[tpu] at this jax version)")
-    if not _on_tpu_host():  # libtpu asks the GCE metadata server for the slice's hosts otherwise, and complains
-        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    if not _on_tpu_host():  # no chips here to guard or to find hosts for
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # else libtpu asks GCE's metadata server
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # else one libtpu process at a time (a lockfile)
     from jax.experimental import topologies
 
     if not re.fullmatch(r"[a-z0-9]+:\d+(x\d+)+", topology):
