@@ -10,13 +10,16 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _convert(args: argparse.Namespace) -> int:
+    import jax
     import jax.numpy as jnp
 
     from vlguard_jax.checkpoints.hf import load_pretrained, save_pretrained
     from vlguard_jax.checkpoints.tokenizer import convert_tokenizer
+    from vlguard_jax.parallel import make_mesh
 
     dtype = jnp.dtype(args.dtype)
-    model = load_pretrained(args.source, dtype=dtype, vision_tower=args.vision_tower)
+    mesh = make_mesh(fsdp=jax.local_device_count(), devices=jax.local_devices())  # a 13B fp32 model on many chips
+    model = load_pretrained(args.source, dtype=dtype, vision_tower=args.vision_tower, mesh=mesh)
     out = save_pretrained(model, args.out, max_shard_bytes=int(args.max_shard_gb * 2**30))
     print(f"wrote llava-hf weights and config.json to {out}")
     print(convert_tokenizer(args.source, out, model.config))
