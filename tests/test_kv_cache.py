@@ -1,6 +1,5 @@
 """Prefill + one-token decode steps through the KV cache reproduce transformers' full-sequence logits."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import torch

@@ -1,12 +1,10 @@
 """The Grain pipeline: static shapes, exact resume, disjoint host shards, bad images counted not crashing."""
 
-import itertools
 import os
 
 import numpy as np
 import pytest
 
-from data_fixtures import tokenizer as tiny_tokenizer
 from vlguard_jax.data import synthetic
 from vlguard_jax.data.chat import IGNORE, ChatTokenizer
 from vlguard_jax.data.images import ImageConfig, ImageSource

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from train_fixtures import TINY, environment, run, train_command, write_config
+from train_fixtures import environment, run, train_command, write_config
 from vlguard_jax.config import ConfigError, load_config
 from vlguard_jax.train.metrics_log import read_metrics
 from vlguard_jax.train.trained import load_trained
