@@ -98,8 +98,9 @@ def build_model(resolved: ResolvedCheckpoint, *, dtype, param_dtype, mesh: Mesh 
     return nnx.merge(graphdef, load_state(resolved, state, place))
 
 
-def load_state(resolved: ResolvedCheckpoint, abstract: nnx.State, sharding_of: Callable, dtype_of: Callable | None = None,
-               on_tensor: Callable[[tuple], None] | None = None, select: set | None = None) -> nnx.State:
+def load_state(resolved: ResolvedCheckpoint, abstract: nnx.State, sharding_of: Callable,
+               dtype_of: Callable | None = None, on_tensor: Callable[[tuple], None] | None = None,
+               select: set | None = None) -> nnx.State:
     """The values of an abstract State (every weight of the checkpoint) read one parameter at a time.
 
     Each parameter is read into host memory, cast to `dtype_of(path, var)` (default: the abstract dtype) and

@@ -102,11 +102,15 @@ def model_config(config: Config, tokenizer=None) -> LlavaConfig:
     special ids come from the tokenizer when one is given)."""
     if config.model.path is not None:
         from vlguard_jax.checkpoints.hf import read_config, resolve_checkpoint
+        from vlguard_jax.checkpoints.tensors import CheckpointError
 
         config_path, raw = read_config(config.model.path)
-        if raw.get("model_type") == "llava":  # config.json alone: a plan needs no weights
+        if raw.get("model_type") != "llava":  # original LLaVA: its shapes need the CLIP tower's config too
+            return resolve_checkpoint(config.model.path, config.model.vision_tower).config
+        try:  # config.json alone: a plan needs no weights
             return LlavaConfig.from_hf(raw)
-        return resolve_checkpoint(config.model.path, config.model.vision_tower).config
+        except ValueError as e:
+            raise CheckpointError(f"{config_path}: {e}") from e
     if config.model.architecture is None:
         raise ConfigError("model: give either path (a checkpoint directory) or architecture (random init)")
     if tokenizer is None:
@@ -175,7 +179,8 @@ def _concrete(wanted: nnx.State, everything: nnx.State, llava: LlavaConfig, conf
         from vlguard_jax.checkpoints.hf import load_state, resolve_checkpoint
 
         resolved = resolve_checkpoint(config.model.path, config.model.vision_tower)
-        checkpoint_backed = nnx.from_flat_state([(p, v) for p, v in nnx.to_flat_state(everything) if from_checkpoint(v)])
+        backed = [(p, v) for p, v in nnx.to_flat_state(everything) if from_checkpoint(v)]
+        checkpoint_backed = nnx.from_flat_state(backed)
         value = lambda v: v.get_value()
         out += list(nnx.to_flat_state(load_state(resolved, checkpoint_backed, lambda p, v: value(v).sharding,
                                                  lambda p, v: value(v).dtype, on_tensor, select=read)))
