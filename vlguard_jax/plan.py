@@ -135,7 +135,8 @@ def max_per_device_batch(config: Config, llava: LlavaConfig, mesh, known: dict[i
             probes[rows] = verdict.fits
             if log is not None:
                 hbm = verdict.hbm()
-                needs = f" ({hbm[0] / 2**30:.2f} GiB needed, {hbm[1] / 2**30:.2f} available)" if hbm else ""
+                needs = (f" ({hbm[0] / 2**30:.2f} GiB needed, {hbm[1] / 2**30:.2f} available)" if hbm else
+                         "" if verdict.fits else f" ({verdict.message.splitlines()[0][:300]})")
                 log(f"{rows} rows per device: {'fits' if verdict.fits else 'does not fit'}{needs}; "
                     f"{time.perf_counter() - began:.0f} s")
         return probes[rows]
