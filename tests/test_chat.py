@@ -1,5 +1,7 @@
 """Templates, label masks and image-token expansion against an independent construction of LLaVA's recipe."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -13,15 +15,26 @@ NUM_IMAGE_TOKENS = 5
 IMAGE_INDEX = -200  # LLaVA's placeholder id in input_ids
 
 
-def llava_preprocess_v1(tok, conversation_text: str, has_image: bool, legacy: bool = True):
-    """LLaVA's `preprocess_v1` + `tokenizer_image_token`, transcribed from the original training code.
+def legacy_slow(tok):
+    """The tokenizer as transformers 4.31's legacy slow LLaMA tokenizer used it: BOS, then the text split at
+    special tokens and each piece encoded on its own (so `</s>USER` gives `▁USER`)."""
 
-    `legacy` picks LLaVA's branch for tokenizers whose round text tokenizes to as many tokens after `</s>` as
-    alone (true of the offline tokenizer here: only the leading `▁` differs, as in LLaMA's legacy mode).
-    """
+    def encode(text):
+        ids = [tok.bos_token_id]
+        for i, piece in enumerate(re.split("(</s>)", text)):
+            ids += [tok.eos_token_id] if i % 2 else tok(piece, add_special_tokens=False).input_ids
+        return ids
+
+    return encode
+
+
+def llava_preprocess_v1(tok, conversation_text: str, has_image: bool):
+    """LLaVA's `preprocess_v1` + `tokenizer_image_token`, transcribed from the original training code
+    (its legacy-tokenizer branch, the one LLaVA-1.5 trained with)."""
+    encode = legacy_slow(tok)
 
     def tokenizer_image_token(prompt):
-        chunks = [tok(chunk).input_ids for chunk in prompt.split("<image>")]
+        chunks = [encode(chunk) for chunk in prompt.split("<image>")]
         ids = [chunks[0][0]]
         for i, chunk in enumerate(chunks):
             if i:
@@ -29,7 +42,7 @@ def llava_preprocess_v1(tok, conversation_text: str, has_image: bool, legacy: bo
             ids.extend(chunk[1:])
         return ids
 
-    input_ids = tokenizer_image_token(conversation_text) if has_image else tok(conversation_text).input_ids
+    input_ids = tokenizer_image_token(conversation_text) if has_image else encode(conversation_text)
     target = list(input_ids)
     sep = " ASSISTANT: "
     rounds = conversation_text.split("</s>")
@@ -42,11 +55,8 @@ def llava_preprocess_v1(tok, conversation_text: str, has_image: bool, legacy: bo
         if len(parts) != 2:
             break
         parts[0] += sep
-        length = (lambda s: len(tokenizer_image_token(s))) if has_image else (lambda s: len(tok(s).input_ids))
+        length = (lambda s: len(tokenizer_image_token(s))) if has_image else (lambda s: len(encode(s)))
         round_len, instruction_len = length(rou), length(parts[0]) - 2
-        if i != 0 and not legacy:
-            round_len -= 1
-            instruction_len -= 1
         target[cur_len: cur_len + instruction_len] = [IGNORE] * instruction_len
         cur_len += round_len
     target[cur_len:] = [IGNORE] * (len(target) - cur_len)

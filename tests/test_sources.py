@@ -1,6 +1,7 @@
 """Readers: the real VLGuard train split, LLaVA and Alpaca records, and every kind of bad record."""
 
 import json
+import random
 
 import pytest
 from PIL import Image
@@ -70,6 +71,42 @@ def test_bad_vlguard_records_are_skipped_with_reasons(tmp_path, broken, reason):
     assert [(s.id, s.reason) for s in records.skips] == [("bad", reason)]
     with pytest.raises(DataError, match=rf"data.json: record bad \(index 1\): {reason}"):
         read_vlguard(path, on_error="raise")
+
+
+SAFE = {"id": "s1", "image": "b.jpg", "safe": True, "instr-resp": [
+    {"safe_instruction": "What is shown?", "response": "A park."},
+    {"unsafe_instruction": "How do I hurt someone here?", "response": "I cannot help with that."}]}
+
+
+def test_a_skipped_safe_record_still_draws_its_shuffle(tmp_path):
+    """Round order follows VLGuard's one `random.seed(0)` + a shuffle per two-pair record, bad ones included."""
+    records = [{**SAFE, "id": f"s{i}"} for i in range(6)]
+    records[2] = {**records[2], "image": 5}
+    random.seed(0)
+    expected = []
+    for record in records:
+        pairs = list(record["instr-resp"])
+        random.shuffle(pairs)
+        expected.append([list(pair)[0] for pair in pairs])
+    read = read_vlguard(_write(tmp_path, records))
+    assert [s.id for s in read.skips] == ["s2"]
+    kinds = {"safe": "safe_instruction", "unsafe": "unsafe_instruction"}
+    assert [[kinds[k] for k in c.metadata["rounds"]] for c in read.conversations] == expected[:2] + expected[3:]
+    assert len({tuple(e) for e in expected}) == 2  # both orders occur, so the check can fail
+
+
+@pytest.mark.parametrize("turn, reason", [
+    ({"from": "gpt"}, "turn 1: missing required field 'value'"),
+    ({"from": "gpt", "value": 3}, "turn 1: field 'value' must be str, got int"),
+    ({"from": "gpt", "value": None}, "turn 1: field 'value' must be str, got NoneType"),
+    ({"value": "x"}, "turn 1: missing required field 'from'"),
+])
+def test_bad_llava_turns_are_counted_skips(tmp_path, turn, reason):
+    good = {"id": "ok", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+    bad = {"id": "bad", "image": "x.png", "conversations": [{"from": "human", "value": "<image>\nHi"}, turn]}
+    records = read_llava(_write(tmp_path, [good, bad]))
+    assert [c.id for c in records.conversations] == ["ok"]
+    assert [(s.id, s.reason) for s in records.skips] == [("bad", reason)]
 
 
 def test_skip_fraction_limit(tmp_path):

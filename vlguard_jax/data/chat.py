@@ -1,15 +1,20 @@
 """Prompt templates, tokenization and label masks: one path for training samples and evaluation prompts.
 
-A conversation is rendered to text segments marked trained or not; the whole text is tokenized once (so tokens
-are exactly what inference sees) and a token is supervised when its first character lies in a trained segment.
-This replaces LLaVA's per-round length arithmetic, whose off-by-one "tokenization mismatch" silently masks whole
-samples. Every sample is checked: the tokens must decode back to the rendered text, and a sample with no
-supervised token is an error, never a silent all-masked sample.
+Tokens are those LLaVA-1.5 trained on. LLaVA tokenized with the legacy slow LLaMA tokenizer, which splits text at
+special tokens (`</s>`, `<s>`) and gives every piece its own word-start `▁`, and `tokenizer_image_token` tokenizes
+the text on each side of `<image>` separately. `ChatTokenizer` does the same split for every tokenizer, so a
+legacy one, a non-legacy one and a llava-hf `tokenizer.json` give the same ids (`</s>` `▁US` `ER`, never `</s>`
+`USER`). A token is supervised when its first character lies in a trained segment (LLaVA's per-round length
+arithmetic gives the same masks but masks whole samples when it miscounts). Each piece must decode back to its
+text, and a sample with no supervised token is an error, never a silent all-masked sample.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import re
 from typing import Sequence
 
 import numpy as np
@@ -25,6 +30,7 @@ _LLAVA_SYSTEM = ("A chat between a curious human and an artificial intelligence 
 _LLAMA2_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content "
                   "that the user provides, and assist the user with a variety of tasks using natural language.")
 TEMPLATES = ("vicuna_v1", "llava_v1", "llama2", "tokenizer")
+TOKENIZATION = "llava_legacy"  # pieces split at <image> and special tokens, each with its word-start `▁`
 
 
 class SampleError(DataError):
@@ -123,6 +129,13 @@ class ChatTokenizer:
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"the tokenizer has no {IMAGE_PLACEHOLDER} token; use the llava-hf tokenizer "
                              f"(vlguard-jax convert adds it)")
+        specials = [IMAGE_PLACEHOLDER]
+        if template != "tokenizer":  # native chat templates write their own special tokens
+            specials += [t for t in (tokenizer.eos_token, tokenizer.bos_token) if t]
+        self._special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+        self._split = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
+        count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        self._prefixes_space = count(" a") > count("a")  # legacy: " a" is `▁` `▁a`
 
     def segments(self, turns: Sequence[Turn], image: bool, add_generation_prompt: bool = False) -> list[Segment]:
         return render(turns, self.template, image, self.tokenizer.eos_token, add_generation_prompt,
@@ -165,37 +178,63 @@ class ChatTokenizer:
         self._check_image_tokens(ids, image)
         return self.expand(Encoded(ids, np.zeros_like(ids))).input_ids
 
+    def fingerprint(self) -> dict:
+        """What decides the tokens of a sample: a run records it, and caches of tokenized data are keyed on it."""
+        return {"tokenization": "native" if self.template == "tokenizer" else TOKENIZATION,
+                "template": self.template, "tokenizer": tokenizer_digest(self.tokenizer),
+                "num_image_tokens": self.num_image_tokens, "max_length": self.max_length,
+                "truncation": self.truncation}
+
     def _tokenize(self, segments: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
-        """Tokenizes the text around each `<image>` separately, as LLaVA's `tokenizer_image_token` does."""
+        """Tokenizes piece by piece (see the module docstring); returns ids and whether each is trained."""
         text = "".join(s.text for s in segments)
-        native = self.template == "tokenizer"  # such templates write BOS themselves
         ids, starts, offset = [], [], 0
-        for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
-            if i:
-                ids.append(self.image_token_id)
-                starts.append(-1)
-                offset += len(IMAGE_PLACEHOLDER)
-            encoding = self.tokenizer(chunk, return_offsets_mapping=True, add_special_tokens=i == 0 and not native)
-            ids += encoding["input_ids"]
-            starts += [offset + lo if hi > lo else -1 for lo, hi in encoding["offset_mapping"]]
-            offset += len(chunk)
+        for i, piece in enumerate(self._split.split(text)):
+            if i % 2:
+                ids.append(self._special_ids[piece])
+                starts.append(offset)
+            elif piece or i == 0:
+                piece_ids, piece_starts = self._tokenize_piece(piece, first=i == 0)
+                ids += piece_ids
+                starts += [offset + s if s >= 0 else -1 for s in piece_starts]
+            offset += len(piece)
         ids, starts = np.asarray(ids, np.int32), np.asarray(starts)
         bounds = np.cumsum([0] + [len(s.text) for s in segments])
         trained = np.zeros(len(ids), bool)
         for segment, lo, hi in zip(segments, bounds[:-1], bounds[1:]):
             if segment.trained:
                 trained |= (starts >= lo) & (starts < hi)
-        self._check_round_trip(ids, text)
         return ids, trained
 
-    def _check_round_trip(self, ids: np.ndarray, text: str) -> None:
-        body = ids[1:] if len(ids) and ids[0] == self.tokenizer.bos_token_id and self.template != "tokenizer" else ids
-        decoded = self.tokenizer.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if decoded.split() != text.split():
-            raise SampleError(f"tokens do not decode back to the rendered text (got {decoded[:80]!r}…)")
+    def _tokenize_piece(self, piece: str, first: bool) -> tuple[list[int], list[int]]:
+        """One piece with its word-start `▁`, as the legacy tokenizer encodes it; BOS before the first piece of
+        LLaVA's templates whether or not the tokenizer's config adds it (LLaVA's tokenizers all do).
+
+        Non-legacy tokenizers add no `▁` to text that starts with a space: one more space gives the legacy tokens.
+        """
+        shift = int(piece.startswith(" ") and not self._prefixes_space)
+        encoding = self.tokenizer(" " * shift + piece, return_offsets_mapping=True, add_special_tokens=False)
+        ids = list(encoding["input_ids"])
+        starts = [lo - shift if hi > lo and lo >= shift else -1 for lo, hi in encoding["offset_mapping"]]
+        decoded = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if decoded.split() != piece.split():
+            raise SampleError(f"the tokens of {piece[:60]!r} decode to {decoded[:60]!r}: the tokenizer does not "
+                              f"round-trip this text")
+        if first and self.template != "tokenizer" and self.tokenizer.bos_token_id is not None:
+            return [self.tokenizer.bos_token_id, *ids], [-1, *starts]
+        return ids, starts
 
     def _check_image_tokens(self, ids: np.ndarray, image: bool) -> None:
         found = int((ids == self.image_token_id).sum())
         if found != int(image):
             raise SampleError(f"{found} {IMAGE_PLACEHOLDER} tokens for a sample with {int(image)} image; "
                               f"remove {IMAGE_PLACEHOLDER} from the text (the template places it)")
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """sha256 of everything that decides a tokenizer's ids: vocabulary, merges, normalizer, added tokens, mode."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = [type(tokenizer).__name__, getattr(tokenizer, "legacy", None), tokenizer.bos_token,
+             tokenizer.eos_token, getattr(tokenizer, "chat_template", None)]
+    return hashlib.sha256((state + json.dumps(extra)).encode()).hexdigest()

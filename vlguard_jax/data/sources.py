@@ -129,29 +129,43 @@ def _field(record: Any, key: str, kind: type | tuple[type, ...], *, nonempty: bo
     return value
 
 
-def _text(record: Any, key: str) -> str:
-    text = _field(record, key, str, nonempty=False).replace(IMAGE_PLACEHOLDER, "").strip()
-    if not text:
+def _text(record: Any, key: str, image_turn: bool = False) -> str:
+    """The text as LLaVA's `preprocess_multimodal` leaves it: the image's turn loses `<image>` and surrounding
+    space (the template writes `<image>\\n` before it), other turns stay verbatim."""
+    text = _field(record, key, str, nonempty=False)
+    if image_turn or IMAGE_PLACEHOLDER in text:
+        text = text.replace(IMAGE_PLACEHOLDER, "").strip()
+    if not text.strip():
         raise DataError(f"'{key}' is empty" + (" (after removing <image>)" if IMAGE_PLACEHOLDER in record[key] else ""))
     return text
 
 
 def read_vlguard(path: str | os.PathLike, *, seed: int = 0, on_error: str = "skip") -> Records:
-    """VLGuard json: unsafe image → one round; safe image → its safe and unsafe rounds in one conversation,
-    in an order shuffled by `seed` (per record, so sub-sampling does not change other records' order)."""
+    """VLGuard json as VLGuard's `convert_to_llava_format.py` turns it into LLaVA conversations: an unsafe image
+    → one round; a safe image → both rounds in one conversation, in the order of `random.seed(seed)` followed by
+    one `random.shuffle` per two-pair record in file order (so the same rounds come first as in VLGuard's runs)."""
+    rng = random.Random(seed)
 
     def parse(index: int, record: Any) -> Conversation:
+        pairs = record.get("instr-resp") if isinstance(record, dict) else None
+        if isinstance(pairs, list) and len(pairs) > 1:
+            pairs = list(pairs)
+            rng.shuffle(pairs)  # before any check: a bad record still draws, as upstream's loop does
         record_id = _field(record, "id", str)
         image = _field(record, "image", str)
         safe = _field(record, "safe", bool)
-        pairs = _field(record, "instr-resp", list)
+        _field(record, "instr-resp", list)
         if safe:
-            rounds = [_vlguard_round(pairs, "safe_instruction"), _vlguard_round(pairs, "unsafe_instruction")]
-            random.Random(f"{seed}:{index}").shuffle(rounds)
-        else:
-            rounds = [_vlguard_round(pairs, "instruction", position=i) for i in range(len(pairs))]
-        turns = tuple(t for kind, q, a in rounds for t in (Turn("user", q), Turn("assistant", a)))
-        metadata = {"source": "vlguard", "safe": safe, "rounds": [kind for kind, _, _ in rounds]}
+            kinds = [_instruction_key(pair) for pair in pairs]
+            if sorted(kinds) != ["safe_instruction", "unsafe_instruction"]:
+                raise DataError(f"'instr-resp' of a safe image must hold one 'safe_instruction' and one "
+                                f"'unsafe_instruction' entry, found {kinds}")
+        elif len(pairs) != 1 or _instruction_key(pairs[0]) != "instruction":
+            raise DataError("'instr-resp' of an unsafe image must hold exactly one 'instruction' entry")
+        rounds = [(key, _text(pair, key, image_turn=i == 0), _text(pair, "response"))
+                  for i, pair in enumerate(pairs) for key in [_instruction_key(pair)]]
+        turns = tuple(t for _, q, a in rounds for t in (Turn("user", q), Turn("assistant", a)))
+        metadata = {"source": "vlguard", "safe": safe, "rounds": [_ROUND_KINDS[key] for key, _, _ in rounds]}
         if not safe:
             metadata["category"] = _field(record, "harmful_category", str)
             metadata["subcategory"] = record.get("harmful_subcategory")
@@ -160,14 +174,16 @@ def read_vlguard(path: str | os.PathLike, *, seed: int = 0, on_error: str = "ski
     return _Reader(path, on_error).run(parse)
 
 
-def _vlguard_round(pairs: list, key: str, position: int | None = None) -> tuple[str, str, str]:
-    matches = [p for p in pairs if isinstance(p, dict) and key in p]
-    if position is not None:
-        matches = matches[position: position + 1]
-    if len(matches) != 1:
-        raise DataError(f"'instr-resp' must hold exactly one '{key}' entry, found {len(matches)}")
-    kind = {"safe_instruction": "safe", "unsafe_instruction": "unsafe", "instruction": "unsafe_image"}[key]
-    return kind, _text(matches[0], key), _text(matches[0], "response")
+_ROUND_KINDS = {"safe_instruction": "safe", "unsafe_instruction": "unsafe", "instruction": "unsafe_image"}
+
+
+def _instruction_key(pair: Any) -> str:
+    """The pair's instruction key: upstream takes the first key of each pair."""
+    keys = [key for key in pair if key in _ROUND_KINDS] if isinstance(pair, dict) else []
+    if len(keys) != 1:
+        raise DataError(f"each 'instr-resp' entry needs one of {', '.join(_ROUND_KINDS)} and a 'response', "
+                        f"got {sorted(pair) if isinstance(pair, dict) else type(pair).__name__}")
+    return keys[0]
 
 
 def read_llava(path: str | os.PathLike, *, on_error: str = "skip") -> Records:
@@ -180,13 +196,17 @@ def read_llava(path: str | os.PathLike, *, on_error: str = "skip") -> Records:
         messages = _field(record, "conversations", list)
         turns = []
         for i, message in enumerate(messages):
-            speaker = _field(message, "from", str)
+            try:
+                speaker = _field(message, "from", str)
+                value = _field(message, "value", str, nonempty=False)
+            except DataError as e:
+                raise DataError(f"turn {i}: {e}") from None
             expected = "human" if i % 2 == 0 else "gpt"
             if speaker != expected:
                 raise DataError(f"turn {i} is from '{speaker}', expected '{expected}' (turns alternate, human first)")
-            if image is None and IMAGE_PLACEHOLDER in message["value"]:
+            if image is None and IMAGE_PLACEHOLDER in value:
                 raise DataError(f"turn {i} has an <image> placeholder but the record has no 'image'")
-            turns.append(Turn(roles[speaker], _text(message, "value")))
+            turns.append(Turn(roles[speaker], _text(message, "value", image_turn=i == 0 and image is not None)))
         if len(turns) % 2:
             raise DataError("the last turn is from 'human': every question needs an answer")
         return Conversation(record_id, image, tuple(turns), {"source": "llava"})
@@ -198,12 +218,12 @@ def read_alpaca(path: str | os.PathLike, *, on_error: str = "skip") -> Records:
     """Alpaca json (`instruction`, `input`, `output`), text only; ids are `alpaca-<index>` unless given."""
 
     def parse(index: int, record: Any) -> Conversation:
-        instruction = _text(record, "instruction")
+        instruction = _text(record, "instruction").strip()
         extra = record.get("input") or ""
         if not isinstance(extra, str):
             raise DataError(f"field 'input' must be str, got {type(extra).__name__}")
         question = f"{instruction}\n{extra.strip()}" if extra.strip() else instruction
-        turns = (Turn("user", question), Turn("assistant", _text(record, "output")))
+        turns = (Turn("user", question), Turn("assistant", _text(record, "output").strip()))
         return Conversation(str(record.get("id", f"alpaca-{index}")), None, turns, {"source": "alpaca"})
 
     return _Reader(path, on_error).run(parse)
