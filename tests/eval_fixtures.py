@@ -14,11 +14,11 @@ from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.train.setup import architecture_config
 
 
-def random_checkpoint(root: Path, num_test_images: int) -> tuple[Path, dict]:
-    """`root/model` (weights + tokenizer) and the synthetic split's paths."""
-    paths = synthetic.generate(root / "data", synthetic.SyntheticConfig(image_size=16, num_train_images=2,
-                                                                        num_test_images=num_test_images,
-                                                                        num_instruct=2))
+def random_checkpoint(root: Path, num_test_images: int, **sizes: int) -> tuple[Path, dict]:
+    """`root/model` (weights + tokenizer) and the synthetic split's paths; `sizes`: other SyntheticConfig counts."""
+    sizes = {"num_train_images": 2, "num_instruct": 2, **sizes}
+    paths = synthetic.generate(root / "data", synthetic.SyntheticConfig(image_size=16, num_test_images=num_test_images,
+                                                                        **sizes))
     tokenizer = build_tokenizer(synthetic.corpus(), vocab_size=500)
     model = LlavaForConditionalGeneration(architecture_config(TINY["model"]["architecture"], tokenizer),
                                           rngs=nnx.Rngs(0))

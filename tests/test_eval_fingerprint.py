@@ -8,6 +8,7 @@ from eval_fixtures import random_checkpoint, vlguard_eval_args
 from vlguard_jax.cli import main
 from vlguard_jax.config import ConfigError
 from vlguard_jax.evaluate import fingerprint
+from vlguard_jax.evaluate.protocols import protocol
 
 PARTS = ("vlguard_unsafes", "vlguard_safe_unsafes", "vlguard_safe_safes")
 
@@ -36,12 +37,17 @@ def test_other_settings_are_refused_and_overwrite_replaces(setup, tmp_path, caps
         f"error: {out}/run.json: this directory holds an evaluation with other settings (template: 'llava_v1' → "
         f"'vicuna_v1'; max_new_tokens: 4 → 3); use another --out or --overwrite\n")
     assert responses(out) == first  # untouched by the refused run
+    assert main(eval_args(setup, out, "--protocol", "llava")) == 2  # refused before the model loads
+    assert capsys.readouterr().err == (
+        f"error: {out}/run.json: this directory holds an evaluation with other settings (protocol: 'vlguard' → "
+        f"'llava'; template: 'llava_v1' → 'vicuna_v1'; image_mode: 'crop' → 'pad'; min_new_tokens: 1 → 0); use "
+        f"another --out or --overwrite\n")
     stale = out / "advbench" / "responses.jsonl"  # results of an earlier benchmark: cleared too
     stale.parent.mkdir()
     stale.write_text('{"id": "old"}\n')
     assert main(eval_args(setup, out, "--template", "vicuna_v1", "--max-new-tokens", "3", "--overwrite")) == 0
     assert json.loads((out / "run.json").read_text())["template"] == "vicuna_v1"
-    assert not stale.parent.exists() and set(json.loads((out / "summary.json").read_text())) == set(PARTS)
+    assert not stale.parent.exists() and set(json.loads((out / "summary.json").read_text())["benchmarks"]) == set(PARTS)
     for part, text in responses(out).items():
         ids = [json.loads(line)["id"] for line in text.splitlines()]
         assert len(ids) == len(set(ids)) == len(first[part].splitlines()), part
@@ -74,11 +80,9 @@ def test_model_identity_and_paths_are_cheap_and_spelling_free(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "d.json"
     data.write_text("[]")
-    from vlguard_jax.evaluate.runner import EvalConfig
-
-    one = fingerprint.describe("./run", ["jsonl"], ["d.json"], None, EvalConfig(), "keywords", "float32")
+    one = fingerprint.describe("./run", ["jsonl"], ["d.json"], None, protocol("vlguard"), "float32")
     fingerprint.claim(tmp_path / "out", one)
-    fingerprint.claim(tmp_path / "out", fingerprint.describe(run, ["jsonl"], [data], None, EvalConfig(batch_size=1),
-                                                             "keywords", "float32"))
+    fingerprint.claim(tmp_path / "out", fingerprint.describe(run, ["jsonl"], [data], None, protocol("vlguard"),
+                                                             "float32"))
     with pytest.raises(ConfigError, match=r"\(judge: 'keywords' → 'keywords_normalized'\)"):
         fingerprint.claim(tmp_path / "out", {**one, "judge": "keywords_normalized"})

@@ -13,6 +13,7 @@ from train_fixtures import environment
 from vlguard_jax.cli import main
 from vlguard_jax.data.sources import DataError
 from vlguard_jax.evaluate import benchmarks
+from vlguard_jax.evaluate.protocols import protocol
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_vlguard_subsets_and_report(setup, tmp_path, capsys):
     assert [len(parts[n].prompts) for n in ("vlguard_unsafes", "vlguard_safe_unsafes", "vlguard_safe_safes")] == [
         unsafe, len(records) - unsafe, len(records) - unsafe]
     assert main(eval_args(setup, tmp_path / "out")) == 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["benchmarks"]
     assert summary["vlguard_unsafes"]["n"] == unsafe and summary["vlguard_unsafes"]["metric"] == "asr"
     assert "accuracy" in summary["vlguard_safe_safes"]  # synthetic safe records carry exact answers
     lines = (tmp_path / "out" / "vlguard_unsafes" / "responses.jsonl").read_text().splitlines()
@@ -75,7 +76,7 @@ def test_bad_images_and_rows_are_skipped_outside_denominators(setup, tmp_path):
                      "--images", str(paths["images"]), "--out", str(tmp_path / "out"), "--max-new-tokens", "4"]) == 0
     finally:
         (tmp_path / "moved").rename(root / "data" / "images" / unsafe[0]["image"])
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["vlguard_unsafes"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["benchmarks"]["vlguard_unsafes"]
     assert (summary["n"], summary["skipped"]) == (len(unsafe) - 1, 2)
     reasons = [json.loads(l)["reason"] for l in (tmp_path / "out" / "vlguard_unsafes" / "skips.jsonl").open()]
     assert any("file not found" in r for r in reasons) and any("malformed row" in r for r in reasons)
@@ -104,12 +105,21 @@ def test_judge_and_compare_commands(tmp_path, capsys):
     judged = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [(j["id"], j["refusal"]) for j in judged] == [("a", True), ("b", False), ("c", True)]
     assert "n=3 refusals=2 ASR=33.33% skipped=1" in capsys.readouterr().out
-    for name, value in (("before", 80.0), ("after", 5.0)):
+    for name, value, dtype in (("before", 80.0, "bfloat16"), ("after", 5.0, "float16")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps(
-            {"vlguard_unsafes": {"n": 10, "metric": "asr", "value": value, "skipped": 0}}))
+            {"settings": {**protocol("vlguard").record(), "overridden": [], "dtype": dtype},
+             "benchmarks": {"vlguard_unsafes": {"n": 10, "metric": "asr", "value": value, "skipped": 0}}}))
     assert main(["compare", str(tmp_path / "before"), str(tmp_path / "after")]) == 0
-    assert "| vlguard_unsafes | ASR % | 80.0 | 5.0 | -75.00 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| vlguard_unsafes | ASR % | 80.0 | 5.0 | -75.00 |" in out
+    assert out.endswith("\n\nNot evaluated alike: dtype: 'bfloat16' → 'float16'\n")
+    (tmp_path / "old").mkdir()  # summary.json as written before it held the settings
+    (tmp_path / "old" / "summary.json").write_text(json.dumps({"vlguard_unsafes": {"value": 1.0}}))
+    assert main(["compare", str(tmp_path / "old"), str(tmp_path / "after")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path}/old/summary.json: written by an earlier vlguard-jax, "
+                                       f"without its settings; run `eval` into {tmp_path}/old again (with "
+                                       f"--overwrite) to rewrite it\n")
 
 
 def test_multiple_choice_picks_the_most_likely_letter(setup, tmp_path):
@@ -128,7 +138,7 @@ def test_multiple_choice_picks_the_most_likely_letter(setup, tmp_path):
     assert main(["eval", "--model", str(root / "model"), "--benchmark", "multiple_choice", "--data", str(data),
                  "--out", str(tmp_path / "out"), "--batch-size", "4", "--dtype", "float32"]) == 0
     judged = [json.loads(l) for l in (tmp_path / "out" / "multiple_choice" / "responses.jsonl").open()]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["multiple_choice"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["benchmarks"]["multiple_choice"]
     assert (summary["n"], summary["skipped"]) == (5, 1)
     assert summary["value"] == 100.0 * sum(j["correct"] for j in judged) / 5
     # Independently: each prompt alone, unpadded, full logits; the letter with the highest next-token logit.

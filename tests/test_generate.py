@@ -23,7 +23,7 @@ def prompts_for(config, seed):
     return prompts, images
 
 
-def hf_generate(hf, prompts, images, pad_id):
+def hf_generate(hf, prompts, images, pad_id, eos=2, **options):
     length = max(len(p) for p in prompts)
     ids = np.full((len(prompts), length), pad_id)
     mask = np.zeros_like(ids)
@@ -33,7 +33,7 @@ def hf_generate(hf, prompts, images, pad_id):
     pixels = torch.tensor(np.stack([im for im in images if im is not None]))
     with torch.no_grad():
         out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), pixel_values=pixels,
-                          max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=pad_id, eos_token_id=2)
+                          max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=pad_id, eos_token_id=eos, **options)
     return [row[length:].numpy() for row in out]
 
 
@@ -72,6 +72,24 @@ def test_sampling_is_seeded_and_stops_at_stop_tokens(tmp_path):
     first_row = stopping.generate(prompts[:1], images[:1], SamplingConfig(max_new_tokens=10))[0]
     stop = np.flatnonzero(greedy[0] == stop_at)[0]
     np.testing.assert_array_equal(first_row, greedy[0][: stop + 1])
+
+
+def test_min_new_tokens_bans_an_early_stop_like_transformers(tmp_path):
+    """VLGuard generates with `min_new_tokens=1`: a stop token cannot be the first token of an answer."""
+    hf = build_hf("mha", seed=34)
+    model = vlguard_jax.load_pretrained(save_layout(hf, tmp_path, "hf_save"))
+    prompts, images = prompts_for(hf.config, 34)
+    plain = SamplingConfig(max_new_tokens=NEW_TOKENS)
+    first = Generator(model, pad_id=0, stop_ids=[2], batch_size=4, buckets=(32,)).generate(prompts, images, plain)
+    stop = int(first[0][0])
+    generator = Generator(model, pad_id=0, stop_ids=[stop], batch_size=4, buckets=(32,))
+    assert len(generator.generate(prompts[:1], images[:1], plain)[0]) == 1  # row 0 stops at once without it
+    ours = generator.generate(prompts, images, SamplingConfig(max_new_tokens=NEW_TOKENS, min_new_tokens=1))
+    theirs = hf_generate(hf, prompts, images, pad_id=0, eos=stop, min_new_tokens=1)
+    assert len(ours[0]) > 1
+    for row, (a, b) in enumerate(zip(ours, theirs)):
+        ends = np.flatnonzero(b == stop)
+        np.testing.assert_array_equal(a, b[: ends[0] + 1] if len(ends) else b, err_msg=f"row {row}")
 
 
 def test_greedy_tokens_on_a_mesh_equal_one_device(tmp_path):

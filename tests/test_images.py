@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from transformers import CLIPImageProcessorPil, LlavaImageProcessorPil
 
-from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource, preprocess
+from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource, preprocess, to_rgb
 
 RNG = np.random.default_rng(0)
 
@@ -124,11 +124,17 @@ def test_directory_and_zips_give_the_same_pixels(tmp_path):
         source.close()
 
 
-def test_loaded_image_preprocesses_like_the_processor_given_the_file(tmp_path):
-    source = ImageSource(_write_tree(tmp_path))
-    expected = LlavaImageProcessorPil(do_pad=True, **_size_kwargs(336))(
-        images=Image.open(tmp_path / "a.png"), return_tensors="np")["pixel_values"][0]
-    np.testing.assert_array_equal(preprocess(source.load("a.png"), ImageConfig()), expected)
+def test_files_load_and_preprocess_as_llava_reads_them(tmp_path):
+    """`Image.open(path).convert('RGB')` (LLaVA's loaders, VLGuard's): alpha dropped, not composited onto white as
+    transformers 5 does; the processor then sees the RGB array, as transformers 4.31 did."""
+    files = {"a.png": FILES["a.png"], "p.png": _encode(_palette_with_transparency(), "PNG")}
+    source = ImageSource(_write_tree(tmp_path, files))
+    for name in files:
+        rgb = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        assert not np.array_equal(rgb, np.asarray(to_rgb(Image.open(tmp_path / name))))  # the test can tell
+        np.testing.assert_array_equal(np.asarray(source.load(name)), rgb)
+        expected = LlavaImageProcessorPil(do_pad=True, **_size_kwargs(336))(images=rgb, return_tensors="np")
+        np.testing.assert_array_equal(source.pixels(name, ImageConfig()), expected["pixel_values"][0])
 
 
 def test_zip_source_pickles_and_reopens_its_handle(tmp_path):
@@ -181,6 +187,32 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path):
     _expect_error(ImageSource(root), "huge.png", "decompression bomb")  # PIL's own DecompressionBombError
     _expect_error(ImageSource(root, max_pixels=10**9), "big.png", "decompression bomb")  # PIL's warning, as error
     _expect_error(ImageSource(root, max_pixels=10**6), "mid.png", "4000x4000 pixels is more than max_pixels")
+
+
+def test_zip_members_over_the_size_cap_are_refused_before_reading(tmp_path, monkeypatch):
+    source = ImageSource(_write_zip(tmp_path / "x.zip", prefix="train/"), max_member_bytes=1000)
+    size = len(FILES["sub/b.jpg"])
+    assert size > 1000
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda *args, **kwargs: pytest.fail("the member was read"))
+    with pytest.raises(ImageError) as info:
+        source.load("sub/b.jpg")
+    assert str(info.value) == (f"image 'sub/b.jpg' under {source.root}: archive member 'train/sub/b.jpg' is {size} "
+                               f"bytes uncompressed, more than max_member_bytes=1000; raise it "
+                               f"(ImageSource(max_member_bytes=...)) to read it")
+    monkeypatch.undo()
+    assert source.load("sub/deeper/c.png").size == (20, 20)  # a member under the cap
+    source.close()
+
+
+@pytest.mark.parametrize("mode, step", [("pad", "padded to 10000x10000 (100000000 pixels)"),
+                                        ("crop", "resized to 336x3360000 (1128960000 pixels)")])
+def test_extreme_aspect_ratios_are_refused_before_a_huge_buffer(tmp_path, mode, step):
+    """A 1x10000 image is within max_pixels, its 10000² padded canvas or 336x3.36M resized copy is not."""
+    source = ImageSource(_write_tree(tmp_path, {"thin.png": _encode(Image.fromarray(_noise(10000, 1)), "PNG")}))
+    with pytest.raises(ImageError) as info:
+        source.pixels("thin.png", ImageConfig(mode=mode))
+    assert str(info.value) == (f"image 'thin.png' under {source.root}: 1x10000 pixels would be {step}, more than "
+                               f"max_pixels=89478485; raise max_pixels (ImageSource(max_pixels=...)) to allow it")
 
 
 def test_paths_leaving_the_root(tmp_path):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
+PROTOCOL_FLAGS = ("template", "image_mode", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed", "judge")
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -35,7 +36,11 @@ def _data_check(args: argparse.Namespace) -> int:
     if args.tokenizer is not None:
         from transformers import AutoTokenizer
 
+        from vlguard_jax.checkpoints.tokenizer import add_special
+        from vlguard_jax.data.sources import IMAGE_PLACEHOLDER
+
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        add_special(tokenizer, IMAGE_PLACEHOLDER)  # a Vicuna tokenizer has none; a run adds it the same way
     report = check_dataset(args.format, args.json, images=args.images, tokenizer=tokenizer, template=args.template,
                            max_length=args.max_length, num_image_tokens=args.num_image_tokens)
     summary = {k: v for k, v in report.items() if k != "skips"}
@@ -95,9 +100,8 @@ def _eval(args: argparse.Namespace) -> int:
     from vlguard_jax.data.images import ImageSource
     from vlguard_jax.evaluate import benchmarks
     from vlguard_jax.evaluate.fingerprint import check, describe
-    from vlguard_jax.evaluate.judges import make_judge
+    from vlguard_jax.evaluate.protocols import protocol
     from vlguard_jax.evaluate.runner import EvalConfig, evaluate
-    from vlguard_jax.generate import SamplingConfig
     from vlguard_jax.train.trained import load_model_and_tokenizer
 
     names = args.benchmark.split(",")
@@ -106,19 +110,19 @@ def _eval(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     suite = [b for name, path in zip(names, args.data) for b in benchmarks.load(name, path)]
-    config = EvalConfig(batch_size=args.batch_size, template=args.template, image_mode=args.image_mode,
-                        sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed))
-    run = describe(args.model, names, args.data, args.images, config, args.judge, args.dtype)
+    chosen = protocol(args.protocol, **{name: getattr(args, name) for name in PROTOCOL_FLAGS})
+    config = EvalConfig(chosen, args.batch_size)
+    run = describe(args.model, names, args.data, args.images, chosen, args.dtype)
     if not args.overwrite:
         check(args.out, run)  # before the model loads: a refusal should not cost minutes
     mesh = _eval_mesh(args.mesh, args.batch_size)
     model, tokenizer = load_model_and_tokenizer(args.model, jnp.dtype(args.dtype), mesh=mesh)
     images = ImageSource(args.images) if args.images else None
-    summary = evaluate(model, tokenizer, suite, args.out, make_judge(args.judge), images, config,
-                       fingerprint=run, overwrite=args.overwrite, mesh=mesh)
+    summary = evaluate(model, tokenizer, suite, args.out, images, config, fingerprint=run, overwrite=args.overwrite,
+                       mesh=mesh)
     if jax.process_index() == 0:
         print((args.out / "report.md").read_text())
-    return 0 if summary else 1
+    return 0 if summary["benchmarks"] else 1
 
 
 def _eval_mesh(spec: str | None, batch_size: int):
@@ -268,6 +272,8 @@ def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vlguard_jax.models.config import KNOWN_ARCHITECTURES
+
     parser = argparse.ArgumentParser(prog="vlguard-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -296,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--max-batch", action="store_true",
                          help="with --topology: the largest per-device batch that fits (one compile per probe)")
     planner.add_argument("--mesh", help="e.g. data=1,fsdp=8,tensor=1 (default: the config's)")
-    planner.add_argument("--architecture", help="a known shape instead of model.path: llava-1.5-7b, llava-1.5-13b")
+    planner.add_argument("--architecture", help="a known shape instead of model.path: "
+                                                 + ", ".join(KNOWN_ARCHITECTURES))
     planner.add_argument("--out", type=Path, help="write the plan as json")
     planner.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     planner.set_defaults(run=_plan)
@@ -338,14 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, action="append", required=True, help="one file per benchmark")
     evaluate.add_argument("--images", type=Path, help="image directory or zip (vlguard, figstep, …)")
     evaluate.add_argument("--out", type=Path, required=True)
-    evaluate.add_argument("--template", default="llava_v1", choices=("vicuna_v1", "llava_v1", "llama2", "tokenizer"))
-    evaluate.add_argument("--judge", default="keywords", choices=("keywords", "keywords_normalized"))
+    evaluate.add_argument("--protocol", default="vlguard", choices=("vlguard", "llava"),
+                          help="evaluation preset, recorded in run.json and summary.json: vlguard (VLGuard's "
+                               "VLGuard_eval.py: llava_v1, CLIP resize + centre crop, greedy, 1 to 256 new tokens) "
+                               "or llava (LLaVA-1.5's eval: vicuna_v1, pad to square, greedy, 128 new tokens); "
+                               "the flags below, where given, replace its fields")
+    evaluate.add_argument("--template", choices=("vicuna_v1", "llava_v1", "llama2", "tokenizer"))
+    evaluate.add_argument("--image-mode", choices=("pad", "crop"))
+    evaluate.add_argument("--max-new-tokens", type=int)
+    evaluate.add_argument("--min-new-tokens", type=int, help="no stop token before this many new tokens")
+    evaluate.add_argument("--temperature", type=float, help="0: greedy")
+    evaluate.add_argument("--top-p", type=float)
+    evaluate.add_argument("--seed", type=int)
+    evaluate.add_argument("--judge", choices=("keywords", "keywords_normalized"))
     evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--max-new-tokens", type=int, default=256)
-    evaluate.add_argument("--temperature", type=float, default=0.0)
-    evaluate.add_argument("--top-p", type=float, default=1.0)
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--image-mode", default="pad", choices=("pad", "crop"))
     evaluate.add_argument("--dtype", choices=DTYPES, default="bfloat16",
                           help="compute dtype and that of the frozen weights (logits and sampling stay fp32)")
     evaluate.add_argument("--mesh", help="e.g. data=2,fsdp=4,tensor=1 (default: fsdp over as many devices as the batch "

@@ -2,8 +2,9 @@
 
 Prompts are left-padded to a length bucket and the batch is padded to a fixed size, so one compiled function
 serves every batch of a benchmark. Decoding is a single `lax.while_loop` over a KV cache; each row stops at
-its first stop token (EOS by default) and the loop ends when every row has stopped. Greedy by default;
-temperature and top-p sampling are seeded; logits are sampled in fp32 whatever the compute dtype.
+its first stop token (EOS by default) and the loop ends when every row has stopped; `min_new_tokens` keeps stop
+tokens out of the first tokens, as transformers' `generate(min_new_tokens=…)` does. Greedy by default; temperature
+and top-p sampling are seeded; logits are sampled in fp32 whatever the compute dtype.
 
 On a mesh the weights stay sharded as the model holds them (fsdp / tensor), the batch is split along
 `data` × `fsdp` and the KV cache along batch and kv heads. Every process passes the same host batch and takes
@@ -36,6 +37,7 @@ class SamplingConfig:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
+    min_new_tokens: int = 0  # stop tokens are banned before this many new tokens (VLGuard's eval uses 1)
 
 
 def bucket(length: int, buckets: Sequence[int] = PROMPT_BUCKETS) -> int:
@@ -60,8 +62,15 @@ def _sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float)
 
 
 def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, key, *, max_new_tokens: int,
-            temperature: float, top_p: float, pad_id: int, cache_dtype):
+            min_new_tokens: int, temperature: float, top_p: float, pad_id: int, cache_dtype):
     model = nnx.merge(graphdef, state)
+
+    def pick(logits, key, step):  # `step`: how many tokens this row has generated before this one
+        if min_new_tokens:
+            stops = jnp.isin(jnp.arange(logits.shape[-1]), stop_ids)
+            logits = jnp.where(stops & (step < min_new_tokens), -jnp.inf, logits)
+        return _sample(logits, key, temperature, top_p)
+
     batch, prompt_len = input_ids.shape
     total = prompt_len + max_new_tokens
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
@@ -69,7 +78,7 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, 
     cache_mask = jnp.zeros((batch, total), bool).at[:, :prompt_len].set(attention_mask.astype(bool))
     logits, cache = model(input_ids, pixel_values, cache_mask, positions, cache, 0, row_images=True, last_only=True)
     key, sub = jax.random.split(key)
-    token = _sample(logits[:, -1], sub, temperature, top_p)
+    token = pick(logits[:, -1], sub, 0)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     done = jnp.zeros(batch, bool)
     last_position = positions[:, -1]
@@ -86,7 +95,7 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, 
         cache_mask = cache_mask.at[:, prompt_len + i].set(True)
         logits, cache = model(token[:, None], None, cache_mask, position[:, None], cache, prompt_len + i)
         key, sub = jax.random.split(key)
-        return i + 1, cache, cache_mask, _sample(logits[:, -1], sub, temperature, top_p), position, done, out, key
+        return i + 1, cache, cache_mask, pick(logits[:, -1], sub, i + 1), position, done, out, key
 
     carry = (jnp.int32(0), cache, cache_mask, token, last_position, done, out, key)
     return jax.lax.while_loop(cond, body, carry)[6]
@@ -125,11 +134,12 @@ class Generator:
         return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
 
     def _function(self, sampling: SamplingConfig):
-        key = (sampling.max_new_tokens, sampling.temperature, sampling.top_p)
+        key = (sampling.max_new_tokens, sampling.min_new_tokens, sampling.temperature, sampling.top_p)
         if key not in self._compiled:
             def count_and_decode(*args):
                 self.compilations += 1  # runs only while tracing
-                return _decode(*args, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                return _decode(*args, max_new_tokens=sampling.max_new_tokens,
+                               min_new_tokens=sampling.min_new_tokens, temperature=sampling.temperature,
                                top_p=sampling.top_p, pad_id=self.pad_id, cache_dtype=self.cache_dtype)
             self._compiled[key] = jax.jit(count_and_decode, out_shardings=self._replicated())
         return self._compiled[key]

@@ -1,9 +1,11 @@
 """`vlguard-jax sweep`: post-hoc fine-tuning over amounts of safety data (and seeds), each run evaluated.
 
 On the demo model by default (its stage-1 model is trained once and reused); with `config`, on a real post-hoc
-recipe, evaluated on a VLGuard test file. Sub-samples of one seed are nested, so a larger run sees every
-safety sample of a smaller one. Writes `sweep.json`, `sweep.md` and `sweep.png` (ASR and helpfulness against
-the number of safety samples).
+recipe, evaluated on a VLGuard test file with the `vlguard` protocol. Sub-samples of one seed are nested, so a
+larger run sees every safety sample of a smaller one. Writes `sweep.json` (the evaluation protocol and one row per
+run), `sweep.md` and `sweep.png` (ASR and helpfulness against the number of safety samples). A metric the test data
+cannot give (helpfulness accuracy: real VLGuard test records have no exact answers) is absent from the rows and
+shown as n/a, never as zero.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Sequence
 
 from vlguard_jax.config import Config
 from vlguard_jax.demo import DEMO_EVAL, evaluate_model, instruction_tune, posthoc, prepare
+from vlguard_jax.evaluate.protocols import PROTOCOLS, describe
 from vlguard_jax.evaluate.runner import EvalConfig
 from vlguard_jax.train.loop import train
 
@@ -34,7 +37,7 @@ def run_sweep(out: str | Path, fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.2
         safety_total = len(json.loads(Path(paths["train"]).read_text()))
     else:
         paths = {"test": test_json, "images": images}
-        eval_config = EvalConfig(batch_size=8, template=config.data.template)
+        eval_config = EvalConfig(PROTOCOLS["vlguard"], batch_size=8)
         safety_total = len(json.loads(Path(config.data.safety).read_text()))
     rows = []
     for seed in seeds:
@@ -51,11 +54,13 @@ def run_sweep(out: str | Path, fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.2
             rows.append({"safety_fraction": fraction, "safety_samples": round(fraction * safety_total),
                          "seed": seed, **metrics})
             print(json.dumps(rows[-1]))
-    (out / "sweep.json").write_text(json.dumps(rows, indent=1))
+    protocol = eval_config.protocol
+    settings = {**protocol.record(), "overridden": protocol.overridden()}
+    (out / "sweep.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
     header = "| safety samples | fraction | seed | " + " | ".join(COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (3 + len(COLUMNS))]
+    lines = [describe(settings), "", header, "|" + "---|" * (3 + len(COLUMNS))]
     lines += [f"| {r['safety_samples']} | {r['safety_fraction']:g} | {r['seed']} | "
-              + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+              + " | ".join(str(r.get(c, "n/a")) for c in COLUMNS) + " |" for r in rows]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / "sweep.png")
     print("\n".join(lines))
@@ -72,8 +77,13 @@ def _plot(rows: list[dict], path: Path) -> None:
     samples = sorted({r["safety_samples"] for r in rows})
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for column in COLUMNS:
-        means = [np.mean([r[column] for r in rows if r["safety_samples"] == s]) for s in samples]
-        ax.plot(samples, means, marker="o", label=column.replace("_", " "))
+        values = {s: [r[column] for r in rows if r["safety_samples"] == s and column in r] for s in samples}
+        points = [(s, np.mean(v)) for s, v in values.items() if v]
+        label = column.replace("_", " ")
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+        else:  # named in the legend, with no line: not measured, not zero
+            ax.plot([], [], " ", label=f"{label}: n/a")
     ax.set_xlabel("safety samples in post-hoc fine-tuning")
     ax.set_ylabel("%")
     ax.set_ylim(-2, 102)

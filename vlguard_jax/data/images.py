@@ -3,8 +3,12 @@
 `preprocess` repeats `LlavaImageProcessorPil(do_pad=True)` ("pad", LLaVA-1.5) and `CLIPImageProcessorPil` ("crop")
 step for step: RGB conversion (transparency composited onto white), optional pad to a square filled with
 `int(255 * mean)`, PIL bicubic resize of the shortest edge on uint8, centre crop, `float64 * (1/255)` cast to
-float32, then `(x - mean) / std` in float32. `ImageSource` reads images from a directory or a zip archive and turns
-every way an image can be unusable (missing, corrupt, truncated, too large, outside the root) into an `ImageError`.
+float32, then `(x - mean) / std` in float32. `ImageSource` reads images from a directory or a zip archive as
+LLaVA's training and evaluation and VLGuard's evaluation read them, `Image.open(path).convert('RGB')` (alpha
+dropped, not composited), and turns every way an image can be unusable (missing, corrupt, truncated, too large,
+outside the root, an extreme aspect ratio) into an `ImageError`. No buffer preprocessing makes (a padded canvas, a
+resized image) may hold more than `max_pixels` pixels: padding a 1×N image makes N×N pixels, and resizing its
+shortest edge to 336 makes 336×336N.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 MODES = ("pad", "crop")
+MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
 _RESCALE = 1 / 255  # transformers' rescale_factor; multiplying (not dividing) keeps the same float64 rounding
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises for bad or cut-off image data
 _ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError)
@@ -53,21 +58,32 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def preprocess(image: Image.Image, config: ImageConfig) -> np.ndarray:
-    """Any PIL mode → float32 [3, size, size] exactly as transformers' processors give it."""
+def preprocess(image: Image.Image, config: ImageConfig, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Any PIL mode → float32 [3, size, size] exactly as transformers' processors give it; an ImageError, before it
+    is made, where the padded or the resized copy would hold more than `max_pixels` pixels."""
     pixels = np.asarray(to_rgb(image))
-    if config.mode == "pad":
-        pixels = _pad_to_square(pixels, tuple(int(m * 255) for m in config.mean))
     height, width = pixels.shape[:2]
+    if config.mode == "pad":
+        side = max(height, width)
+        _check_buffer(image, f"padded to {side}x{side}", side * side, max_pixels)
+        pixels = _pad_to_square(pixels, tuple(int(m * 255) for m in config.mean))
+        height = width = side
     short, long = min(height, width), max(height, width)
     new_long = int(config.size * long / short)  # transformers' get_resize_output_image_size, truncating
     new_width, new_height = (config.size, new_long) if width <= height else (new_long, config.size)
+    _check_buffer(image, f"resized to {new_width}x{new_height}", new_width * new_height, max_pixels)
     resized = np.asarray(Image.fromarray(pixels).resize((new_width, new_height), Image.Resampling.BICUBIC))
     top, left = (new_height - config.size) // 2, (new_width - config.size) // 2
     cropped = resized[top: top + config.size, left: left + config.size]
     scaled = (cropped.astype(np.float64) * _RESCALE).astype(np.float32)
     normalized = (scaled - np.array(config.mean, np.float32)) / np.array(config.std, np.float32)
     return np.ascontiguousarray(normalized.transpose(2, 0, 1))
+
+
+def _check_buffer(image: Image.Image, step: str, pixels: int, max_pixels: int) -> None:
+    if pixels > max_pixels:
+        raise ImageError(f"{image.width}x{image.height} pixels would be {step} ({pixels} pixels), more than "
+                         f"max_pixels={max_pixels}; raise max_pixels (ImageSource(max_pixels=...)) to allow it")
 
 
 def _pad_to_square(pixels: np.ndarray, colour: tuple[int, ...]) -> np.ndarray:
@@ -84,11 +100,15 @@ def _pad_to_square(pixels: np.ndarray, colour: tuple[int, ...]) -> np.ndarray:
 
 
 class ImageSource:
-    """Reads images by relative path from a directory or straight from a .zip archive (no unpacking)."""
+    """Reads images by relative path from a directory or straight from a .zip archive (no unpacking).
 
-    def __init__(self, root: str | os.PathLike, max_pixels: int = 89_478_485):
+    `max_pixels` bounds a decoded image and every buffer its preprocessing makes; `max_member_bytes` bounds what an
+    archive member may decompress to, checked on the archive's directory before a byte of it is inflated."""
+
+    def __init__(self, root: str | os.PathLike, max_pixels: int = MAX_PIXELS, max_member_bytes: int = 2**29):
         self.root = Path(root).resolve()
         self.max_pixels = max_pixels
+        self.max_member_bytes = max_member_bytes
         if self.root.is_dir():
             self.is_zip = False
         elif zipfile.is_zipfile(self.root):
@@ -100,7 +120,8 @@ class ImageSource:
         self._prefix = ""
 
     def __repr__(self) -> str:
-        return f"ImageSource({str(self.root)!r}, max_pixels={self.max_pixels})"
+        return (f"ImageSource({str(self.root)!r}, max_pixels={self.max_pixels}, "
+                f"max_member_bytes={self.max_member_bytes})")
 
     def __getstate__(self) -> dict:
         """The zip handle stays behind: each process opens its own on first use."""
@@ -115,7 +136,8 @@ class ImageSource:
             self._zip = self._zip_pid = None
 
     def load(self, relpath: str) -> Image.Image:
-        """The image at `relpath`, fully decoded and converted to RGB; raises ImageError."""
+        """The image at `relpath`, fully decoded and converted to RGB as `Image.open(path).convert('RGB')` does;
+        raises ImageError."""
         parts = PurePosixPath(relpath).parts
         if not relpath or relpath.startswith(("/", "\\")) or os.path.isabs(relpath):
             raise self._error(relpath, "not a relative path")
@@ -123,6 +145,14 @@ class ImageSource:
             raise self._error(relpath, "'..' would leave the image root")
         data = self._read_zip(relpath) if self.is_zip else self._read_file(relpath)
         return self._decode(relpath, data)
+
+    def pixels(self, relpath: str, config: ImageConfig) -> np.ndarray:
+        """`preprocess` of the image at `relpath` under this source's `max_pixels`; its errors name the image."""
+        image = self.load(relpath)
+        try:
+            return preprocess(image, config, self.max_pixels)
+        except ImageError as e:
+            raise self._error(relpath, str(e)) from None
 
     def _error(self, relpath: str, reason: str) -> ImageError:
         return ImageError(f"image {relpath!r} under {self.root}: {reason}")
@@ -143,9 +173,15 @@ class ImageSource:
         name = str(PurePosixPath(relpath))  # "a//b" and "./a" name the member "a/b" and "a"
         for member in (name, self._prefix + name) if self._prefix else (name,):
             try:
-                return archive.read(member)
+                info = archive.getinfo(member)
             except KeyError:
                 continue
+            if info.file_size > self.max_member_bytes:  # zipfile inflates no more than file_size bytes
+                raise self._error(relpath, f"archive member {member!r} is {info.file_size} bytes uncompressed, more "
+                                           f"than max_member_bytes={self.max_member_bytes}; raise it "
+                                           f"(ImageSource(max_member_bytes=...)) to read it")
+            try:
+                return archive.read(info)
             except _ARCHIVE_ERRORS as e:
                 raise self._error(relpath, f"cannot read archive member {member!r} ({e})") from e
         raise self._error(relpath, "not found in the archive")
@@ -168,7 +204,11 @@ class ImageSource:
                         raise self._error(relpath, f"decompression bomb: {image.width}x{image.height} pixels is "
                                                    f"more than max_pixels={self.max_pixels}")
                     image.load()
-                    return to_rgb(image)
+                    rgb = image.convert("RGB")
+                    # A transparent colour survives convert() in `info`; LLaVA's processor (transformers 4.31)
+                    # ignores it on an RGB image, transformers 5 and `to_rgb` would composite it onto white.
+                    rgb.info.pop("transparency", None)
+                    return rgb
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -70,14 +70,16 @@ def _collect(rows: list, make: Callable[[int, Any], Prompt | None], name: str, m
     return benchmark
 
 
-def _text(value: Any, field: str) -> str:
+def _text(value: Any, field: str, strip: bool = True) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"'{field}' must be a non-empty string")
-    return value.strip()
+    return value.strip() if strip else value
 
 
 def vlguard(path: Path) -> list[Benchmark]:
-    """VLGuard test.json: `unsafes` (unsafe images), `safe_unsafes` and `safe_safes` (safe images)."""
+    """VLGuard test.json: `unsafes` (unsafe images), `safe_unsafes` and `safe_safes` (safe images); instructions
+    verbatim, as VLGuard_eval.py puts them in the prompt. Real test records have no exact answers (the synthetic
+    ones do): only with them is `vlguard_safe_safes` also scored for accuracy."""
     rows = _rows(path, "json")
 
     def subset(key: str, want_safe: bool):
@@ -90,7 +92,7 @@ def vlguard(path: Path) -> list[Benchmark]:
             meta = {"category": row.get("harmful_category")}
             if "answer" in row:
                 meta["answer"] = row["answer"]
-            return Prompt(str(row["id"]), _text(entry[key], key), _text(row["image"], "image"), meta)
+            return Prompt(str(row["id"]), _text(entry[key], key, strip=False), _text(row["image"], "image"), meta)
         return make
 
     return [_collect(rows, subset("instruction", False), "vlguard_unsafes", "asr"),

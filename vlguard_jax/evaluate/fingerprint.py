@@ -1,8 +1,9 @@
 """`OUT/run.json`: what an evaluation directory holds results of, so a resumed `eval` cannot mix in other runs.
 
 `evaluate` resumes by skipping finished prompt ids; without a record, a re-run with another model, data file or
-sampling setting would append its answers to the old ones. The fingerprint holds what changes the answers (not
-the batch size, which does not); a mismatch is refused, or with `overwrite` the old results are cleared first.
+protocol would append its answers to the old ones. The fingerprint holds what changes the answers (every field of
+the protocol, the dtype; not the batch size, which does not); a mismatch is refused, or with `overwrite` the old
+results are cleared first.
 """
 
 from __future__ import annotations
@@ -10,13 +11,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from vlguard_jax.config import ConfigError
 from vlguard_jax.data.mixture import fingerprint as file_fingerprint
-
-if TYPE_CHECKING:
-    from vlguard_jax.evaluate.runner import EvalConfig
+from vlguard_jax.evaluate.protocols import Protocol
 
 NAME = "run.json"
 REPORT_FILES = ("summary.json", "report.md", "summary.png")  # written by report.write_report
@@ -36,17 +35,14 @@ def model_identity(path: str | os.PathLike) -> str:
 
 
 def describe(model: str | os.PathLike, benchmarks: Sequence[str], data: Sequence[str | os.PathLike],
-             images: str | os.PathLike | None, config: EvalConfig, judge: str, dtype: str) -> dict:
+             images: str | os.PathLike | None, protocol: Protocol, dtype: str) -> dict:
     """The fingerprint of one `eval` invocation (paths resolved: `./ckpt` and `ckpt` are one model)."""
-    sampling = config.sampling
     return {
         "model": str(Path(model).resolve()), "model_identity": model_identity(model),
         "benchmarks": list(benchmarks), "data": [str(Path(p).resolve()) for p in data],
         "data_sha256": [file_fingerprint(p)["sha256"][:16] for p in data],
         "images": str(Path(images).resolve()) if images else None,
-        "template": config.template, "image_mode": config.image_mode, "stop_strings": list(config.stop_strings),
-        "max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p,
-        "seed": sampling.seed, "judge": judge, "dtype": dtype,
+        **protocol.record(), "dtype": dtype,
     }
 
 

@@ -1,9 +1,16 @@
-"""Metrics per benchmark, `summary.json`, a markdown table, a bar chart, and before/after comparisons."""
+"""Metrics per benchmark, `summary.json`, a markdown table, a bar chart, and before/after comparisons.
+
+`summary.json` is `{"settings": {...}, "benchmarks": {name: {n, metric, value, skipped[, accuracy]}}}`: the scores
+and the protocol (and dtype) that produced them, so a comparison can say when two runs were not made alike.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from vlguard_jax.config import ConfigError
+from vlguard_jax.evaluate.protocols import describe
 
 METRIC_TITLES = {"asr": "ASR %", "compliance": "compliance %", "refusal_rate": "refusal %", "accuracy": "accuracy %"}
 
@@ -29,12 +36,12 @@ def score(records: list[dict], metric: str) -> dict:
 
 def write_report(out_dir: Path, summary: dict) -> None:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = ["| benchmark | metric | value | n | skipped |", "|---|---|---|---|---|"]
-    for name, s in summary.items():
+    lines = [describe(summary["settings"]), "", "| benchmark | metric | value | n | skipped |", "|---|---|---|---|---|"]
+    for name, s in summary["benchmarks"].items():
         extra = f" (accuracy {s['accuracy']})" if "accuracy" in s else ""
         lines.append(f"| {name} | {METRIC_TITLES[s['metric']]} | {s['value']}{extra} | {s['n']} | {s['skipped']} |")
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-    _chart(out_dir / "summary.png", {name: s for name, s in summary.items() if s["value"] is not None})
+    _chart(out_dir / "summary.png", {name: s for name, s in summary["benchmarks"].items() if s["value"] is not None})
 
 
 def _chart(path: Path, summary: dict) -> None:
@@ -54,14 +61,29 @@ def _chart(path: Path, summary: dict) -> None:
     plt.close(fig)
 
 
+def read_summary(out_dir: str | Path) -> dict:
+    path = Path(out_dir) / "summary.json"
+    summary = json.loads(path.read_text())
+    if "benchmarks" not in summary:
+        raise ConfigError(f"{path}: written by an earlier vlguard-jax, without its settings; run `eval` into "
+                          f"{Path(out_dir)} again (with --overwrite) to rewrite it")
+    return summary
+
+
 def compare(dir_a: Path, dir_b: Path) -> str:
-    """A markdown table of two evaluations' summaries (e.g. before and after safety fine-tuning)."""
-    a = json.loads((Path(dir_a) / "summary.json").read_text())
-    b = json.loads((Path(dir_b) / "summary.json").read_text())
+    """A markdown table of two evaluations' summaries (e.g. before and after safety fine-tuning), followed by the
+    settings in which they differ: a change of protocol or dtype moves the numbers too."""
+    summary_a, summary_b = read_summary(dir_a), read_summary(dir_b)
+    a, b = summary_a["benchmarks"], summary_b["benchmarks"]
     lines = [f"| benchmark | metric | {Path(dir_a).name} | {Path(dir_b).name} | change |", "|---|---|---|---|---|"]
     for name in list(a) + [n for n in b if n not in a]:
         va, vb = a.get(name, {}).get("value"), b.get(name, {}).get("value")
         metric = (a.get(name) or b.get(name))["metric"]
         change = f"{vb - va:+.2f}" if va is not None and vb is not None else ""
         lines.append(f"| {name} | {METRIC_TITLES[metric]} | {va} | {vb} | {change} |")
+    settings_a, settings_b = summary_a["settings"], summary_b["settings"]
+    differ = [f"{k}: {settings_a.get(k)!r} → {settings_b.get(k)!r}" for k in {**settings_a, **settings_b}
+              if k != "overridden" and settings_a.get(k) != settings_b.get(k)]
+    if differ:
+        lines += ["", "Not evaluated alike: " + "; ".join(differ)]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ Prompts are cut into batches by their position in the benchmark, and a batch's l
 append: an interrupted evaluation re-run with the same arguments skips the finished prompts and recomputes the
 rest in the same batches, so its files equal those of one uninterrupted run. Given a `fingerprint`
 (`fingerprint.describe`), DIR/run.json records it and a re-run with other settings is refused, not mixed in.
+`DIR/summary.json` holds the run's settings (its protocol and dtype) and each benchmark's scores.
 """
 
 from __future__ import annotations
@@ -15,33 +16,34 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from vlguard_jax.data.chat import ChatTokenizer, SampleError
-from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource, preprocess
+from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource
 from vlguard_jax.data.sources import Turn
 from vlguard_jax.evaluate import fingerprint as run_record
 from vlguard_jax.evaluate import scoring
 from vlguard_jax.evaluate.benchmarks import Benchmark, Prompt
-from vlguard_jax.evaluate.judges import Judge
+from vlguard_jax.evaluate.judges import make_judge
+from vlguard_jax.evaluate.protocols import PROTOCOLS, Protocol
 from vlguard_jax.evaluate.report import score, write_report
-from vlguard_jax.generate import Generator, SamplingConfig
+from vlguard_jax.generate import Generator
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    batch_size: int = 8
-    sampling: SamplingConfig = SamplingConfig()
-    template: str = "llava_v1"  # VLGuard's evaluation template
-    image_mode: str = "pad"
-    stop_strings: tuple[str, ...] = ()
+    protocol: Protocol = PROTOCOLS["vlguard"]
+    batch_size: int = 8  # not part of the protocol: it does not change the answers
 
 
-def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | os.PathLike, judge: Judge,
+def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | os.PathLike,
              images: ImageSource | None = None, config: EvalConfig = EvalConfig(), progress: bool = True,
              fingerprint: dict | None = None, overwrite: bool = False, mesh: Mesh | None = None) -> dict:
-    """`overwrite` clears DIR's earlier results first; `fingerprint` is checked against (or recorded in) DIR.
+    """`{"settings": protocol record + overridden + dtype, "benchmarks": {name: scores}}`, as summary.json holds it.
+
+    `overwrite` clears DIR's earlier results first; `fingerprint` is checked against (or recorded in) DIR.
 
     `mesh`: the mesh the model is on (see `Generator`). With several processes every process runs the same
     batches (each device generates its rows) and process 0 alone writes; all read the finished state at each
@@ -52,13 +54,15 @@ def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | o
         run_record.clear(out_dir)
     if writer and fingerprint is not None:
         run_record.claim(out_dir, fingerprint)
-    chat = ChatTokenizer(tokenizer, config.template, model.config.num_image_tokens, max_length=2**31 - 1)
+    protocol = config.protocol
+    chat = ChatTokenizer(tokenizer, protocol.template, model.config.num_image_tokens, max_length=2**31 - 1)
     stop_ids = [tokenizer.eos_token_id]
     generator = Generator(model, pad_id=tokenizer.pad_token_id or 0, stop_ids=stop_ids, batch_size=config.batch_size,
                           mesh=mesh)
-    image_config = ImageConfig(size=model.config.vision.image_size, mode=config.image_mode)
+    image_config = ImageConfig(size=model.config.vision.image_size, mode=protocol.image_mode)
+    judge = make_judge(protocol.judge)
     append = _append if writer else lambda path, records: None
-    summary = {}
+    scores = {}
     for benchmark in benchmarks:
         directory = out_dir / benchmark.name
         responses, skips = directory / "responses.jsonl", directory / "skips.jsonl"
@@ -75,7 +79,7 @@ def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | o
 
         for batch in tqdm(todo, desc=benchmark.name, unit="batch", disable=not progress):
             records, failed = _run_batch(tokenizer, chat, generator, batch, benchmark, judge, images,
-                                         image_config, config)
+                                         image_config, protocol)
             append(skips, [s for s in failed if s["id"] not in done])
             append(responses, [r for r in records if r["id"] not in done])
         for skip in benchmark.skips:  # malformed rows of the benchmark file itself
@@ -83,14 +87,17 @@ def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | o
                 append(skips, [{"id": skip.id, "reason": skip.reason}])
         multihost_utils.sync_global_devices(f"vlguard-jax eval: {benchmark.name} written")
         records = _read_jsonl(responses)
-        summary[benchmark.name] = {**score(records, benchmark.metric), "skipped": len(_read_jsonl(skips))}
+        scores[benchmark.name] = {**score(records, benchmark.metric), "skipped": len(_read_jsonl(skips))}
+    dtype = jnp.dtype(generator.cache_dtype).name
+    summary = {"settings": {**protocol.record(), "overridden": protocol.overridden(), "dtype": dtype},
+               "benchmarks": scores}
     if writer:
         write_report(out_dir, summary)
     return summary
 
 
 def _run_batch(tokenizer, chat, generator, batch: list[Prompt], benchmark, judge, images, image_config,
-               config: EvalConfig) -> tuple[list[dict], list[dict]]:
+               protocol: Protocol) -> tuple[list[dict], list[dict]]:
     prompts, pixels, kept, failed = [], [], [], []
     for prompt in batch:
         try:
@@ -98,7 +105,7 @@ def _run_batch(tokenizer, chat, generator, batch: list[Prompt], benchmark, judge
             if prompt.image is not None:
                 if images is None:
                     raise ImageError(f"image '{prompt.image}': no image root given (--images)")
-                pixel = preprocess(images.load(prompt.image), image_config)
+                pixel = images.pixels(prompt.image, image_config)
             prompts.append(chat.encode_prompt([Turn("user", prompt.text)], image=prompt.image is not None))
             pixels.append(pixel)
             kept.append(prompt)
@@ -112,10 +119,10 @@ def _run_batch(tokenizer, chat, generator, batch: list[Prompt], benchmark, judge
         for record, prompt, pick in zip(records, kept, picks):
             record.update(response=scoring.LETTERS[pick], correct=pick == prompt.metadata["answer"])
         return records, failed
-    outputs = generator.generate(prompts, pixels, config.sampling)
+    outputs = generator.generate(prompts, pixels, protocol.sampling)
     for record, prompt, tokens in zip(records, kept, outputs):
         text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        for stop in config.stop_strings:
+        for stop in protocol.stop_strings:
             text = text.split(stop)[0]
         record.update(response=text, refusal=judge.refused(text))
         if "answer" in prompt.metadata:
