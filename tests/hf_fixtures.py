@@ -48,8 +48,12 @@ def build_hf(variant: str = "mha", seed: int = 0) -> LlavaForConditionalGenerati
     text = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        max_position_embeddings=256, **spec["text"])
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, **spec["llava"])
-    model = LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():  # larger-than-init weights, so that logits are O(1) and any mismatch shows
+    return scale_weights(LlavaForConditionalGeneration(config).eval())
+
+
+def scale_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Larger-than-init random weights, so that logits are O(1) and any mismatch shows."""
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1 and ("norm" in name or "layrnorm" in name) and name.endswith("weight"):
                 p.copy_(1 + 0.2 * torch.randn_like(p))

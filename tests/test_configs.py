@@ -25,3 +25,15 @@ def test_paper_recipes():
     assert (full.train.mode, full.train.optimizer.learning_rate) == ("full", 1e-5)
     mixed = load_config(Path(CONFIGS[0]).parent / "llava15_7b_mixed.yaml")
     assert (mixed.data.mixture, mixed.train.epochs, mixed.train.optimizer.learning_rate) == ("mixed", 1, 2e-5)
+
+
+@pytest.mark.parametrize("size", ["7b", "13b"])
+def test_mixed_is_llava15_stage2_from_the_stage1_parts(size):
+    config = load_config(Path(CONFIGS[0]).parent / f"llava15_{size}_mixed.yaml")
+    m, t, o = config.model, config.train, config.train.optimizer
+    assert (m.path, m.vision_tower) == (f"checkpoints/vicuna-{size}-v1.5", "checkpoints/clip-vit-large-patch14-336")
+    assert m.projector == f"checkpoints/llava-v1.5-mlp2x-336px-pretrain-vicuna-{size}-v1.5/mm_projector.bin"
+    assert (m.dtype, m.remat, config.data.mixture, config.data.max_length) == ("bfloat16", "full", "mixed", 2048)
+    assert (t.mode, t.epochs, t.global_batch_size) == ("full", 1, 128)
+    assert (o.learning_rate, o.projector_learning_rate, o.weight_decay, o.warmup_ratio, o.clip_norm) == \
+        (2e-5, 2e-5, 0.0, 0.03, 1.0)

@@ -25,8 +25,9 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    path: str | None = None  # checkpoint directory (llava-hf or original LLaVA layout)
-    vision_tower: str | None = None  # CLIP directory, for original LLaVA checkpoints
+    path: str | None = None  # checkpoint directory (llava-hf or original LLaVA layout), or a LLaMA / Vicuna one
+    vision_tower: str | None = None  # CLIP directory, for original LLaVA checkpoints and LLaMA / Vicuna paths
+    projector: str | None = None  # LLaVA's stage-1 mm_projector.bin (or .safetensors), for LLaMA / Vicuna paths
     tokenizer: str | None = None  # defaults to `path`; the synthetic data's tokenizer when data.synthetic
     architecture: dict | None = None  # llava-hf config.json dict: random init instead of `path` (tiny models)
     dtype: str = "float32"  # compute dtype and the dtype of frozen weights; trainable weights stay fp32
@@ -55,6 +56,7 @@ class DataConfig:
     image_mode: str = "pad"
     max_skip_fraction: float = 0.05
     seed: int = 0
+    cache_dir: str | None = None  # tokenized data (default WORKDIR/cache); one shared path serves many runs and hosts
 
 
 @dataclasses.dataclass(frozen=True)

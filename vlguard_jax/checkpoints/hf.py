@@ -26,6 +26,15 @@ from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.parallel import LOGICAL_RULES, variable_sharding
 
+VOCAB_ROWS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")  # one row a token
+
+
+def grow_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """A [vocab, hidden] embedding or output matrix with rows appended up to `rows`, each the mean row (added
+    tokens' rows, as llava-hf's conversion makes them, less its noise)."""
+    mean = array.astype(np.float32).mean(axis=0, keepdims=True).astype(array.dtype)
+    return np.concatenate([array, np.repeat(mean, rows - array.shape[0], axis=0)])
+
 
 @dataclasses.dataclass
 class ResolvedCheckpoint:
@@ -44,27 +53,47 @@ def read_config(path: str | os.PathLike) -> tuple[Path, dict]:
     return config_path, json.loads(config_path.read_text())
 
 
-def resolve_checkpoint(path: str | os.PathLike, vision_tower: str | os.PathLike | None = None) -> ResolvedCheckpoint:
+def resolve_checkpoint(path: str | os.PathLike, vision_tower: str | os.PathLike | None = None,
+                       projector: str | os.PathLike | None = None) -> ResolvedCheckpoint:
+    """`path` seen through canonical names. Its config.json's model_type picks the layout (`_layouts`); the separate
+    parts a layout takes (a CLIP directory, a stage-1 projector file) come as arguments, and no others."""
     config_path, config = read_config(path)
     model_type = config.get("model_type")
-    if model_type == "llava":
-        try:
-            llava_config = LlavaConfig.from_hf(config)
-        except ValueError as e:
-            raise CheckpointError(f"{config_path}: {e}") from e
-        tensors: dict[str, tuple[TensorFile, str]] = {}
-        for key, tensor_file in open_tensor_files(path).items():
-            if not names.IGNORED.search(key):
-                add_tensor(tensors, names.canonical_llava_hf(key), tensor_file, key)
-        return ResolvedCheckpoint(llava_config, tensors, config_path)
-    if model_type == "llava_llama":
-        from vlguard_jax.checkpoints.original import resolve_original
+    layouts = _layouts()
+    if model_type not in layouts:
+        supported = ", ".join(f"{name!r} ({description})" for name, (_, _, description) in layouts.items())
+        raise CheckpointError(f"{config_path}: model_type {model_type!r} is not supported; supported are {supported}")
+    resolve, takes, description = layouts[model_type]
+    parts = {"vision_tower": vision_tower, "projector": projector}
+    for name, value in parts.items():
+        if value is not None and name not in takes:
+            raise CheckpointError(f"{config_path}: model_type {model_type!r} ({description}) takes no separate "
+                                  f"{name}, but {name}={value} was given; leave model.{name} unset")
+    return resolve(Path(path), config_path, config, **{name: parts[name] for name in takes})
 
-        return resolve_original(Path(path), config_path, config, vision_tower)
-    raise CheckpointError(
-        f"{config_path}: model_type {model_type!r} is not supported; supported are 'llava' (llava-hf layout) and "
-        f"'llava_llama' (original LLaVA, loaded with vision_tower=CLIP_DIR)"
-    )
+
+def _layouts() -> dict:
+    """model_type → (resolver, the separate parts it takes, description)."""
+    from vlguard_jax.checkpoints.original import resolve_original, resolve_stage1  # they build on this module
+
+    return {
+        "llava": (_resolve_llava_hf, (), "llava-hf layout"),
+        "llava_llama": (resolve_original, ("vision_tower",), "original LLaVA, with vision_tower=CLIP_DIR"),
+        "llama": (resolve_stage1, ("vision_tower", "projector"),
+                  "LLaMA / Vicuna, with vision_tower=CLIP_DIR and projector=LLaVA's stage-1 mm_projector.bin"),
+    }
+
+
+def _resolve_llava_hf(path: Path, config_path: Path, config: dict) -> ResolvedCheckpoint:
+    try:
+        llava_config = LlavaConfig.from_hf(config)
+    except ValueError as e:
+        raise CheckpointError(f"{config_path}: {e}") from e
+    tensors: dict[str, tuple[TensorFile, str]] = {}
+    for key, tensor_file in open_tensor_files(path).items():
+        if not names.IGNORED.search(key):
+            add_tensor(tensors, names.canonical_llava_hf(key), tensor_file, key)
+    return ResolvedCheckpoint(llava_config, tensors, config_path)
 
 
 def add_tensor(tensors: dict, canonical: str, tensor_file: TensorFile, key: str) -> None:
@@ -78,14 +107,16 @@ def add_tensor(tensors: dict, canonical: str, tensor_file: TensorFile, key: str)
 
 
 def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
-                    vision_tower: str | os.PathLike | None = None, mesh: Mesh | None = None,
-                    rules=LOGICAL_RULES, remat: str = "none") -> LlavaForConditionalGeneration:
-    """Reads a local LLaVA checkpoint directory (any layout of REFERENCE §2) into the Flax model.
+                    vision_tower: str | os.PathLike | None = None, projector: str | os.PathLike | None = None,
+                    mesh: Mesh | None = None, rules=LOGICAL_RULES,
+                    remat: str = "none") -> LlavaForConditionalGeneration:
+    """Reads a local LLaVA checkpoint directory (any layout of REFERENCE §2, or a LLaMA / Vicuna directory with
+    `projector` and `vision_tower`: LLaVA's stage-1 parts) into the Flax model.
 
     `dtype` is the compute dtype; parameters are stored in `param_dtype` (default: `dtype`). With a `mesh`, each
     parameter lands directly on its sharding from the logical-axis `rules`.
     """
-    resolved = resolve_checkpoint(path, vision_tower)
+    resolved = resolve_checkpoint(path, vision_tower, projector)
     return build_model(resolved, dtype=dtype, param_dtype=param_dtype or dtype, mesh=mesh, rules=rules, remat=remat)
 
 
@@ -139,16 +170,16 @@ def _check_names(expected: set[str], resolved: ResolvedCheckpoint) -> None:
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing: {_listing(missing)}")
+            parts.append(f"{len(missing)} missing: {listing(missing)}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+            parts.append(f"{len(unexpected)} unexpected: {listing(unexpected)}")
         raise CheckpointError(
             f"{resolved.config_path.parent}: the weights do not match {resolved.config_path.name} "
             f"({'; '.join(parts)}). Use the config.json that came with these weights."
         )
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
+def listing(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
@@ -168,9 +199,16 @@ def _read(resolved: ResolvedCheckpoint, name: str, our_shape: tuple[int, ...]) -
 
 def save_pretrained(model: LlavaForConditionalGeneration, path: str | os.PathLike, *, dtype=None,
                     max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Writes llava-hf on-disk layout (safetensors shards + config.json) that transformers loads as is."""
+    """Writes llava-hf on-disk layout (safetensors shards + config.json) that transformers loads as is.
+
+    A model built from LLaVA's stage-1 parts keeps the LLM's vocabulary with `<image>` past its end, which
+    transformers cannot look up: its embedding and lm_head get rows up to a multiple of 64 past `<image>`, as
+    llava-hf's conversion gives, filled with the mean row (the `<image>` row is overwritten by image features)."""
     path = Path(path)
     hf_config = model.config.to_hf()  # fails early for configs llava-hf cannot express
+    vocab = model.config.text.vocab_size
+    rows = vocab if model.config.image_token_id < vocab else -(-(model.config.image_token_id + 1) // 64) * 64
+    hf_config["text_config"]["vocab_size"] = rows
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
     out_dtype = None if dtype is None else jnp.dtype(dtype)
 
@@ -181,9 +219,11 @@ def save_pretrained(model: LlavaForConditionalGeneration, path: str | os.PathLik
                 array = np.asarray(value[i] if "layers" in param_path else value)
                 if out_dtype is not None:
                     array = array.astype(out_dtype)
-                yield name, names.to_torch(names.param_path(name)[2], array)
+                array = names.to_torch(names.param_path(name)[2], array)
+                yield name, grow_rows(array, rows) if rows > vocab and name in VOCAB_ROWS else array
 
     write_sharded(tensors(), path, max_shard_bytes)
     stored = out_dtype or jnp.dtype(flat[0][1].dtype)
     atomic_write_text(path / "config.json", json.dumps({**hf_config, "dtype": str(stored)}, indent=2))
     return path
+

@@ -225,10 +225,12 @@ class LlavaConfig:
         }
 
 
-def _llava15(hidden: int, intermediate: int, layers: int, heads: int) -> LlavaConfig:
-    text = TextConfig(vocab_size=32064, hidden_size=hidden, intermediate_size=intermediate, num_layers=layers,
-                      num_heads=heads, num_kv_heads=heads, head_dim=128, rms_norm_eps=1e-5, rope_theta=10000.0,
-                      max_position_embeddings=4096, pad_token_id=32001)
+def _llava15(hidden: int, intermediate: int, layers: int, heads: int, stage1: bool = False) -> LlavaConfig:
+    """llava-hf's vocabulary (`<image>` 32000, `<pad>` 32001, 32064 rows), or with `stage1` the model built from
+    LLaVA's stage-1 parts: Vicuna's 32000 rows, `<image>` just past them, padding with `<unk>` 0."""
+    text = TextConfig(vocab_size=32000 if stage1 else 32064, hidden_size=hidden, intermediate_size=intermediate,
+                      num_layers=layers, num_heads=heads, num_kv_heads=heads, head_dim=128, rms_norm_eps=1e-5,
+                      rope_theta=10000.0, max_position_embeddings=4096, pad_token_id=0 if stage1 else 32001)
     return LlavaConfig(vision=VisionConfig(), text=text)
 
 
@@ -236,4 +238,6 @@ def _llava15(hidden: int, intermediate: int, layers: int, heads: int) -> LlavaCo
 KNOWN_ARCHITECTURES = {
     "llava-1.5-7b": _llava15(4096, 11008, 32, 32),
     "llava-1.5-13b": _llava15(5120, 13824, 40, 40),
+    "llava-1.5-7b-stage1": _llava15(4096, 11008, 32, 32, stage1=True),  # Vicuna + stage-1 projector + CLIP
+    "llava-1.5-13b-stage1": _llava15(5120, 13824, 40, 40, stage1=True),
 }

@@ -98,15 +98,16 @@ def mesh_for(config: Config, devices: Sequence[jax.Device] | None = None) -> Mes
 
 
 def model_config(config: Config, tokenizer=None) -> LlavaConfig:
-    """The model's shapes: from the checkpoint's config.json, or from `model.architecture` (whose vocabulary and
-    special ids come from the tokenizer when one is given)."""
+    """The model's shapes: from the checkpoint's config.json (with its separate parts' configs), or from
+    `model.architecture` (whose vocabulary and special ids come from the tokenizer when one is given)."""
     if config.model.path is not None:
-        from vlguard_jax.checkpoints.hf import read_config, resolve_checkpoint
+        from vlguard_jax.checkpoints.hf import read_config
         from vlguard_jax.checkpoints.tensors import CheckpointError
 
         config_path, raw = read_config(config.model.path)
-        if raw.get("model_type") != "llava":  # original LLaVA: its shapes need the CLIP tower's config too
-            return resolve_checkpoint(config.model.path, config.model.vision_tower).config
+        m = config.model  # any other layout, or separate parts: their configs (or their misuse) matter too
+        if (raw.get("model_type"), m.vision_tower, m.projector) != ("llava", None, None):
+            return resolve(config).config
         try:  # config.json alone: a plan needs no weights
             return LlavaConfig.from_hf(raw)
         except ValueError as e:
@@ -116,6 +117,27 @@ def model_config(config: Config, tokenizer=None) -> LlavaConfig:
     if tokenizer is None:
         return LlavaConfig.from_hf(config.model.architecture)
     return architecture_config(config.model.architecture, tokenizer)
+
+
+def resolve(config: Config):
+    """The run's checkpoint (`model.path`, with `model.vision_tower` and `model.projector`) seen through canonical
+    names (`checkpoints.hf.resolve_checkpoint`)."""
+    from vlguard_jax.checkpoints.hf import resolve_checkpoint
+
+    return resolve_checkpoint(config.model.path, config.model.vision_tower, config.model.projector)
+
+
+def load_tokenizer(config: Config, directory):
+    """The run's tokenizer, read from `directory`. A checkpoint-backed run's tokenizer gets the model's `<image>`
+    and pad ids in memory, the same way on every start (a Vicuna tokenizer has neither; see `add_model_tokens`)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if config.model.path is not None:
+        from vlguard_jax.checkpoints.tokenizer import add_model_tokens
+
+        add_model_tokens(tokenizer, model_config(config), directory)
+    return tokenizer
 
 
 def architecture_config(architecture: dict, tokenizer) -> LlavaConfig:
@@ -149,7 +171,8 @@ def build(config: Config, mesh: Mesh, *, values: str = "init", llava: LlavaConfi
     if values not in VALUES:
         raise ValueError(f"values must be one of {', '.join(VALUES)}, got {values!r}")
     llava = llava or model_config(config, tokenizer)
-    if tokenizer is not None and len(tokenizer) > llava.text.vocab_size:
+    past_vocab = set() if tokenizer is None else set(range(llava.text.vocab_size, len(tokenizer)))
+    if past_vocab - {llava.image_token_id}:  # the image token alone may lie past it: it is never looked up
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
                           f"{llava.text.vocab_size}: use the tokenizer that belongs to the checkpoint")
     graphdef, trainable, frozen = split_model(nnx.eval_shape(lambda: make_model(llava, config, dtype)),
@@ -176,9 +199,9 @@ def _concrete(wanted: nnx.State, everything: nnx.State, llava: LlavaConfig, conf
     read = {path for path, v in flat if from_checkpoint(v)}
     out = []
     if read:
-        from vlguard_jax.checkpoints.hf import load_state, resolve_checkpoint
+        from vlguard_jax.checkpoints.hf import load_state
 
-        resolved = resolve_checkpoint(config.model.path, config.model.vision_tower)
+        resolved = resolve(config)
         backed = [(p, v) for p, v in nnx.to_flat_state(everything) if from_checkpoint(v)]
         checkpoint_backed = nnx.from_flat_state(backed)
         value = lambda v: v.get_value()

@@ -13,7 +13,7 @@ from vlguard_jax.config import Config, load_config
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.parallel import make_mesh
 from vlguard_jax.train.checkpointing import Checkpointer
-from vlguard_jax.train.setup import build
+from vlguard_jax.train.setup import build, load_tokenizer
 
 
 def tokenizer_dir(config: Config, workdir: Path) -> Path:
@@ -32,8 +32,6 @@ def load_trained(workdir: str | Path, step: int | None = None, mesh: Mesh | None
                  dtype=None) -> tuple[LlavaForConditionalGeneration, Config]:
     """`dtype`: the compute dtype and that of the frozen weights (default: the run's); trained weights stay fp32.
     `mesh`: default one device."""
-    from transformers import AutoTokenizer
-
     workdir = Path(workdir)
     config = load_config(workdir / "config.yaml")
     checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
@@ -42,7 +40,7 @@ def load_trained(workdir: str | Path, step: int | None = None, mesh: Mesh | None
         raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint; train first")
     mesh = mesh or make_mesh(devices=jax.devices()[:1])
     setup = build(config, mesh, values="frozen", dtype=dtype,
-                  tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir(config, workdir)))
+                  tokenizer=load_tokenizer(config, tokenizer_dir(config, workdir)))
     params = checkpointer.restore_params(step, setup.params)
     checkpointer.close()
     return setup.model(params), config
@@ -53,20 +51,21 @@ def load_model_and_tokenizer(path: str | Path, dtype=jnp.float32, mesh: Mesh | N
     from transformers import AutoTokenizer
 
     from vlguard_jax.checkpoints.hf import load_pretrained
+    from vlguard_jax.checkpoints.tokenizer import add_model_tokens
 
     path = Path(path)
     if is_workdir(path):
         model, config = load_trained(path, mesh=mesh, dtype=dtype)
-        return model, AutoTokenizer.from_pretrained(tokenizer_dir(config, path))
-    return load_pretrained(path, dtype=dtype, mesh=mesh), AutoTokenizer.from_pretrained(path)
+        return model, load_tokenizer(config, tokenizer_dir(config, path))
+    model, tokenizer = load_pretrained(path, dtype=dtype, mesh=mesh), AutoTokenizer.from_pretrained(path)
+    add_model_tokens(tokenizer, model.config, path)  # e.g. an export of a run from Vicuna: its tokenizer as is
+    return model, tokenizer
 
 
 def export_workdir(workdir: str | Path, out: str | Path, format: str = "merged") -> Path:
     """Merged llava-hf weights or a PEFT adapter of a run, with its tokenizer beside them. The model is restored
     fsdp-sharded over this host's devices (a 13B run's fp32 weights need not fit one device); tensors are
     gathered to the host one at a time as they are written."""
-    import shutil
-
     from vlguard_jax.checkpoints.peft import export_merged, export_peft
 
     workdir, out = Path(workdir), Path(out)
@@ -81,8 +80,5 @@ def export_workdir(workdir: str | Path, out: str | Path, format: str = "merged")
         export_merged(model, out)
     else:
         raise ValueError(f"unknown export format {format!r} (merged or peft)")
-    source = tokenizer_dir(config, workdir)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
-        if (source / name).exists():
-            shutil.copy(source / name, out / name)
+    load_tokenizer(config, tokenizer_dir(config, workdir)).save_pretrained(out)  # with the run's <image> and pad
     return out
