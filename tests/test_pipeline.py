@@ -8,8 +8,9 @@ import pytest
 from vlguard_jax.data import synthetic
 from vlguard_jax.data.chat import IGNORE, ChatTokenizer
 from vlguard_jax.data.images import ImageConfig, ImageSource
-from vlguard_jax.data.pipeline import PipelineConfig, build_pipeline, prepare, steps_per_epoch
-from vlguard_jax.data.sources import read_llava, read_vlguard
+from vlguard_jax.data.pipeline import PipelineConfig, build_pipeline, steps_per_epoch
+from vlguard_jax.data.sources import read_vlguard
+from vlguard_jax.data.store import Samples, SourceFile, open_stores
 from vlguard_jax.data.vocab import build_tokenizer
 
 NUM_IMAGE_TOKENS = 4
@@ -22,10 +23,15 @@ def dataset(tmp_path_factory):
                                                                num_test_images=4, num_instruct=40, seed=1))
     tokenizer = build_tokenizer(synthetic.corpus(), vocab_size=400)
     chat = ChatTokenizer(tokenizer, "vicuna_v1", NUM_IMAGE_TOKENS, max_length=256)
-    conversations = read_vlguard(paths["train"]).conversations + read_llava(paths["instruct"]).conversations
-    samples, skips = prepare(conversations, chat)
+    samples, skips = prepare(paths, chat, root / "cache", ("train", "instruct"))
     assert not skips and len(samples) == 80
     return samples, chat, ImageSource(paths["images"]), paths
+
+
+def prepare(paths, chat, cache_dir, names):
+    """Every sample of the synthetic files `names`, tokenized into stores."""
+    files = {name: SourceFile.of("vlguard" if name == "train" else "llava", paths[name]) for name in names}
+    return Samples.select([(store, store.ids) for store in open_stores(files, chat, cache_dir).values()])
 
 
 def config(**kw):
@@ -98,7 +104,8 @@ def test_a_bad_image_mid_epoch_is_counted_not_fatal(dataset, tmp_path):
             target = broken / path.relative_to(paths["images"])
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(path.read_bytes())
-    victim = next(p for p in samples.images if p is not None)
+    images = [samples[i]["image"] for i in range(len(samples))]
+    victim = next(p for p in images if p is not None)
     (broken / victim).write_bytes(b"not an image")
     seen_failures = 0
     for batch in batches(iter(build_pipeline(samples, chat, ImageSource(broken), config())), 20):
@@ -106,17 +113,18 @@ def test_a_bad_image_mid_epoch_is_counted_not_fatal(dataset, tmp_path):
         seen_failures += int(failed.sum())
         assert (batch["labels"][failed] == IGNORE).all()
         for row in np.flatnonzero(failed):
-            assert samples.images[batch["sample_index"][row]] == victim
+            assert images[batch["sample_index"][row]] == victim
     assert seen_failures == 2  # once per epoch
 
 
-def test_overlong_samples_are_skipped_or_truncated_by_policy(dataset):
+def test_overlong_samples_are_skipped_or_truncated_by_policy(dataset, tmp_path):
     samples, chat, _, paths = dataset
     conversations = read_vlguard(paths["train"]).conversations
     limit = int(np.median(samples.lengths[:len(conversations)]))
-    kept, skips = prepare(conversations, ChatTokenizer(chat.tokenizer, "vicuna_v1", NUM_IMAGE_TOKENS, limit))
+    kept, skips = prepare(paths, ChatTokenizer(chat.tokenizer, "vicuna_v1", NUM_IMAGE_TOKENS, limit), tmp_path,
+                          ("train",))
     assert skips and len(kept) + len(skips) == len(conversations)
     assert all(f"more than max_length {limit}" in s.reason for s in skips) and kept.lengths.max() <= limit
-    cut, none_skipped = prepare(conversations, ChatTokenizer(chat.tokenizer, "vicuna_v1", NUM_IMAGE_TOKENS, limit,
-                                                             truncation="truncate"))
+    cut, none_skipped = prepare(paths, ChatTokenizer(chat.tokenizer, "vicuna_v1", NUM_IMAGE_TOKENS, limit,
+                                                     truncation="truncate"), tmp_path, ("train",))
     assert not none_skipped and len(cut) == len(conversations) and cut.lengths.max() == limit

@@ -5,8 +5,10 @@
 - mixed: the safety data appended to the whole original instruction set;
 - the safety data itself can be sub-sampled by count or fraction for data-scaling studies. Sub-samples of one
   seed are nested (the first k of one permutation), so a sweep over sizes compares like with like.
-Every mix carries a manifest with the chosen ids, written next to a run so it can be reproduced exactly, and
-fingerprints of the source files they were drawn from, so a resumed run can refuse data that changed under it.
+Mixes are drawn over sample ids (a pool is a source file's ids, in file order), so 665k samples cost a list of
+strings, not a list of parsed conversations. Every mix carries a manifest with the chosen ids, written next to a run
+so it can be reproduced exactly, and fingerprints of the source files they were drawn from, so a resumed run can
+refuse data that changed under it.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from typing import Sequence
 
 import numpy as np
 
-from vlguard_jax.data.sources import Conversation, DataError
+from vlguard_jax.data.sources import DataError
 
 
 @dataclasses.dataclass
 class Mixture:
-    conversations: list[Conversation]
     manifest: dict  # {"kind", "seed", "parts": {name: [ids]}}
+
+    @property
+    def ids(self) -> list[str]:
+        """All ids, part after part."""
+        return [i for part in self.manifest["parts"].values() for i in part]
 
     def write_manifest(self, path: str | os.PathLike) -> None:
         """Atomically (temp file + rename): a process reading it meanwhile sees the old file or the whole new one."""
@@ -48,9 +54,11 @@ def fingerprint(path: str | os.PathLike) -> dict:
     return {"path": str(path), "size": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
-def check_sources(recorded: dict[str, dict], paths: dict[str, str | os.PathLike]) -> None:
-    """Refuses a source file that differs from its fingerprint in a manifest (`recorded`, by source name)."""
+def check_sources(recorded: dict[str, dict], paths: dict[str, str | os.PathLike]) -> dict[str, dict]:
+    """Refuses a source file that differs from its fingerprint in a manifest (`recorded`, by source name); returns
+    the fingerprints it computed, by name, so a caller hashes a gigabyte file once."""
     fix = "restore the file or start a new --workdir"
+    current = {}
     for name, old in recorded.items():
         path = paths.get(name) or old["path"]
         if not os.path.isfile(path):
@@ -60,24 +68,26 @@ def check_sources(recorded: dict[str, dict], paths: dict[str, str | os.PathLike]
         if new["sha256"] != old["sha256"]:
             raise DataError(f"{path}: changed since this run started (sha256 {old['sha256'][:12]}… → "
                             f"{new['sha256'][:12]}…, {old['size']} → {new['size']} bytes); {fix}")
+        current[name] = new
+    return current
 
 
-def sample(conversations: Sequence[Conversation], *, count: int | None = None, fraction: float | None = None,
-           seed: int = 0) -> list[Conversation]:
-    """`count` or `fraction` of the conversations, without replacement; nested across sizes for one seed."""
+def sample(ids: Sequence[str], *, count: int | None = None, fraction: float | None = None,
+           seed: int = 0) -> list[str]:
+    """`count` or `fraction` of the ids, without replacement, in pool order; nested across sizes for one seed."""
     if (count is None) == (fraction is None):
         raise ValueError("give exactly one of count or fraction")
     if fraction is not None:
         if not 0 <= fraction <= 1:
             raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
-        count = round(fraction * len(conversations))
-    if not 0 <= count <= len(conversations):
-        raise DataError(f"cannot draw {count} samples from a pool of {len(conversations)}")
-    order = np.random.default_rng(seed).permutation(len(conversations))[:count]
-    return [conversations[i] for i in sorted(order)]
+        count = round(fraction * len(ids))
+    if not 0 <= count <= len(ids):
+        raise DataError(f"cannot draw {count} samples from a pool of {len(ids)}")
+    order = np.random.default_rng(seed).permutation(len(ids))[:count]
+    return [ids[i] for i in sorted(order)]
 
 
-def posthoc(safety: Sequence[Conversation], helpful: Sequence[Conversation], num_helpful: int = 5000, *,
+def posthoc(safety: Sequence[str], helpful: Sequence[str], num_helpful: int = 5000, *,
             seed: int = 0, safety_count: int | None = None, safety_fraction: float | None = None) -> Mixture:
     """VLGuard post-hoc fine-tuning data: (a sub-sample of) the safety data + `num_helpful` helpfulness samples."""
     safety = _safety_subset(safety, safety_count, safety_fraction, seed)
@@ -85,42 +95,38 @@ def posthoc(safety: Sequence[Conversation], helpful: Sequence[Conversation], num
     return _mixture("posthoc", seed, {"safety": safety, "helpful": helpful})
 
 
-def mixed(safety: Sequence[Conversation], instruction: Sequence[Conversation], *, seed: int = 0,
+def mixed(safety: Sequence[str], instruction: Sequence[str], *, seed: int = 0,
           safety_count: int | None = None, safety_fraction: float | None = None) -> Mixture:
     """VLGuard mixed fine-tuning data: the whole instruction set with (a sub-sample of) the safety data."""
     safety = _safety_subset(safety, safety_count, safety_fraction, seed)
     return _mixture("mixed", seed, {"instruction": list(instruction), "safety": safety})
 
 
-def replay(manifest: dict, pools: dict[str, Sequence[Conversation]]) -> Mixture:
-    """Rebuilds a mixture from its manifest and the pools its parts were drawn from."""
-    parts = {}
+def replay(manifest: dict, pools: dict[str, Sequence[str]]) -> Mixture:
+    """Rebuilds a mixture from its manifest, checking each part's ids against the pool it was drawn from."""
     for name, ids in manifest["parts"].items():
         if name not in pools:
             raise DataError(f"the manifest has a part '{name}' but no pool of that name was given")
-        by_id = {c.id: c for c in pools[name]}
-        missing = [i for i in ids if i not in by_id]
+        pool = set(pools[name])
+        missing = [i for i in ids if i not in pool]
         if missing:
             raise DataError(f"{len(missing)} ids of part '{name}' are not in its pool (first: {missing[:5]}); "
                             f"the source data changed since the manifest was written")
-        parts[name] = [by_id[i] for i in ids]
-    return _mixture(manifest["kind"], manifest["seed"], parts)
+    return _mixture(manifest["kind"], manifest["seed"], manifest["parts"])
 
 
-def _safety_subset(safety, count, fraction, seed) -> list[Conversation]:
+def _safety_subset(safety, count, fraction, seed) -> list[str]:
     if count is None and fraction is None:
         return list(safety)
     return sample(safety, count=count, fraction=fraction, seed=seed)
 
 
-def _mixture(kind: str, seed: int, parts: dict[str, list[Conversation]]) -> Mixture:
-    conversations = [c for part in parts.values() for c in part]
-    ids = [c.id for c in conversations]
+def _mixture(kind: str, seed: int, parts: dict[str, list[str]]) -> Mixture:
+    ids = [i for part in parts.values() for i in part]
     if len(set(ids)) != len(ids):
         seen, dup = set(), []
         for i in ids:
             dup += [i] if i in seen else []
             seen.add(i)
         raise DataError(f"the mixture holds repeated ids ({dup[:5]}); give each source distinct ids")
-    manifest = {"kind": kind, "seed": seed, "parts": {name: [c.id for c in part] for name, part in parts.items()}}
-    return Mixture(conversations, manifest)
+    return Mixture({"kind": kind, "seed": seed, "parts": {name: list(part) for name, part in parts.items()}})

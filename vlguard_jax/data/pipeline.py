@@ -1,7 +1,8 @@
-"""The Grain input pipeline: conversations → fixed-shape, per-host batches, deterministic and resumable.
+"""The Grain input pipeline: tokenized samples → fixed-shape, per-host batches, deterministic and resumable.
 
-1. `prepare` tokenizes every conversation once (cheap, no images) and stores tokens flat; samples that cannot
-   be trained on (too long, nothing supervised, bad text) are skipped with their reasons before any step runs.
+1. Samples come tokenized from memory-mapped stores (`data.store`: each source file tokenized once, shared by
+   starts and hosts), read by index; samples that cannot be trained on (too long, nothing supervised, bad text)
+   were skipped with their reasons before any step runs.
 2. Indices are shuffled per epoch by seed (Grain), cut into *global* batches, and each host takes its slice:
    hosts see disjoint shards whose union is the epoch. The padded length is the smallest bucket that fits the
    longest sample of the global batch, so every host pads alike and the step compiles once per bucket.
@@ -20,9 +21,10 @@ import grain
 import numpy as np
 from absl import flags
 
-from vlguard_jax.data.chat import IGNORE, ChatTokenizer, Encoded, SampleError
-from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource, preprocess
-from vlguard_jax.data.sources import Conversation, DataError, Skip
+from vlguard_jax.data.chat import IGNORE, ChatTokenizer
+from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource
+from vlguard_jax.data.sources import DataError
+from vlguard_jax.data.store import Samples
 
 log = logging.getLogger(__name__)
 ImageRoots = ImageSource | dict[str, ImageSource] | None  # one root, or one per data source
@@ -38,57 +40,17 @@ class PipelineConfig:
     # and 2 measured 59 (moving ~10 MB batches between processes costs more than decoding): raise it on hosts
     # with many cores and large JPEGs.
     workers: int = 0
-    max_skip_fraction: float = 0.05
+    # Batches built ahead, by as many threads. Bounds host memory: Grain's default (500 batches, 16 threads) grew a
+    # host's memory without end behind a slow step (a 336-px batch of 128 is 175 MB) and, on 2 cores, took 18 s to
+    # the first batch that alone takes 1.6 s; 4 matched its steady throughput.
+    read_ahead: int = 4
     image: ImageConfig = ImageConfig()
-
-
-@dataclasses.dataclass
-class PreparedSamples:
-    """Tokenized samples stored flat (one image token per image, expanded when batched)."""
-
-    ids: list[str]
-    tokens: np.ndarray  # int32, all samples concatenated
-    labels: np.ndarray  # int32, IGNORE where untrained
-    offsets: np.ndarray  # int64 [n + 1]
-    images: list[str | None]
-    sources: list[str]  # each sample's data source: picks its image root
-    lengths: np.ndarray  # int32 [n], after image expansion
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def sample(self, i: int) -> Encoded:
-        lo, hi = self.offsets[i], self.offsets[i + 1]
-        return Encoded(self.tokens[lo:hi], self.labels[lo:hi])
-
-
-def prepare(conversations: Sequence[Conversation], chat: ChatTokenizer) -> tuple[PreparedSamples, list[Skip]]:
-    """Tokenizes all conversations; returns the usable samples and a skip (id, reason) for each other one."""
-    kept, skips = [], []
-    for conversation in conversations:
-        try:
-            kept.append((conversation, chat.encode(conversation, expand_image=False)))
-        except SampleError as e:
-            skips.append(Skip(conversation.id, str(e)))
-    if not kept:
-        raise DataError(f"none of the {len(conversations)} conversations is usable (first skip: "
-                        f"{skips[0].reason if skips else 'none'})")
-    lengths = [len(e.input_ids) + (chat.num_image_tokens - 1) * (c.image is not None) for c, e in kept]
-    return PreparedSamples(
-        ids=[c.id for c, _ in kept],
-        tokens=np.concatenate([e.input_ids for _, e in kept]).astype(np.int32),
-        labels=np.concatenate([e.labels for _, e in kept]).astype(np.int32),
-        offsets=np.cumsum([0] + [len(e.input_ids) for _, e in kept]).astype(np.int64),
-        images=[c.image for c, _ in kept],
-        sources=[c.metadata.get("source", "") for c, _ in kept],
-        lengths=np.asarray(lengths, np.int32),
-    ), skips
 
 
 class HostBatch:
     """Global batch indices → this host's padded numpy batch (runs in Grain worker processes)."""
 
-    def __init__(self, samples: PreparedSamples, chat: ChatTokenizer, images: ImageRoots,
+    def __init__(self, samples: Samples, chat: ChatTokenizer, images: ImageRoots,
                  config: PipelineConfig, process_index: int, process_count: int):
         self.samples, self.images, self.config = samples, images, config
         self.image_token_id, self.num_image_tokens = chat.image_token_id, chat.num_image_tokens
@@ -110,19 +72,19 @@ class HostBatch:
             "image_failed": np.zeros(len(indices), bool),
         }
         for row, i in enumerate(indices):  # row b's image sits in pixel_values[b] (the model's `row_images`)
-            encoded = self.expand(self.samples.sample(i))
+            sample = self.samples[i]
+            encoded = self.expand(sample["encoded"])
             n = len(encoded.input_ids)
             batch["input_ids"][row, :n] = encoded.input_ids
             batch["labels"][row, :n] = encoded.labels
             batch["attention_mask"][row, :n] = True
-            path = self.samples.images[i]
-            if path is None:
+            if sample["image"] is None:
                 continue
             try:
-                source = self.images if isinstance(self.images, ImageSource) else self.images[self.samples.sources[i]]
-                batch["pixel_values"][row] = preprocess(source.load(path), self.config.image)
+                source = self.images if isinstance(self.images, ImageSource) else self.images[sample["source"]]
+                batch["pixel_values"][row] = source.pixels(sample["image"], self.config.image)
             except ImageError as e:
-                log.warning("sample %s: %s (its row carries no loss)", self.samples.ids[i], e)
+                log.warning("sample %s: %s (its row carries no loss)", sample["id"], e)
                 batch["labels"][row] = IGNORE
                 batch["image_failed"][row] = True
         return batch
@@ -135,26 +97,27 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
     raise DataError(f"a sample of {length} tokens exceeds the largest bucket {max(buckets)}")
 
 
-def build_pipeline(samples: PreparedSamples, chat: ChatTokenizer, images: ImageRoots,
+def build_pipeline(samples: Samples, chat: ChatTokenizer, images: ImageRoots,
                    config: PipelineConfig, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
     """The batch stream of one host: `num_epochs` shuffled epochs, the last partial global batch dropped."""
     if config.global_batch_size % process_count:
         raise ValueError(f"global batch {config.global_batch_size} does not divide over {process_count} hosts")
     if chat.max_length > max(config.buckets):
         raise ValueError(f"max_length {chat.max_length} exceeds the largest bucket {max(config.buckets)}")
-    needed = {s for s, path in zip(samples.sources, samples.images) if path is not None}
+    needed = samples.image_sources()
     given = set() if images is None else needed if isinstance(images, ImageSource) else set(images)
     if needed - given:
         raise DataError(f"samples from {', '.join(sorted(needed - given))} have images but no image root was "
                         f"given for them (a directory or zip)")
     if len(samples) < config.global_batch_size:
         raise DataError(f"{len(samples)} samples do not fill one global batch of {config.global_batch_size}")
+    read = grain.ReadOptions(num_threads=config.read_ahead, prefetch_buffer_size=config.read_ahead)
     dataset = (grain.MapDataset.range(len(samples))
                .shuffle(seed=config.seed)
                .repeat(config.num_epochs)
                .batch(config.global_batch_size, drop_remainder=True)
                .map(HostBatch(samples, chat, images, config, process_index, process_count))
-               .to_iter_dataset())
+               .to_iter_dataset(read))
     if config.workers > 0:
         if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags; we are not an absl app
             flags.FLAGS.mark_as_parsed()
@@ -162,5 +125,5 @@ def build_pipeline(samples: PreparedSamples, chat: ChatTokenizer, images: ImageR
     return dataset
 
 
-def steps_per_epoch(samples: PreparedSamples, config: PipelineConfig) -> int:
+def steps_per_epoch(samples: Samples, config: PipelineConfig) -> int:
     return len(samples) // config.global_batch_size

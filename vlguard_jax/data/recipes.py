@@ -1,29 +1,37 @@
-"""A run's training conversations from its `DataConfig`: sources, mixture, image roots, tokenizer location.
+"""A run's training samples from its `DataConfig`: sources, tokenized stores, mixture, image roots.
 
-A run's first start records its mixture in WORKDIR/mixture.json (ids + source fingerprints); every later start
-replays those ids after checking the sources, so a resumed data iterator walks the same samples it was saved on.
+Each source file is tokenized once into a store under `data.cache_dir` (default WORKDIR/cache; see `data.store`),
+which every later start and every host memory-maps. A run's first start records its mixture in WORKDIR/mixture.json
+(ids + source fingerprints); every later start replays those ids after checking the sources, so a resumed data
+iterator walks the same samples it was saved on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
+from typing import Callable
 
 from vlguard_jax.config import DataConfig
 from vlguard_jax.data import mixture, synthetic
+from vlguard_jax.data.chat import ChatTokenizer
 from vlguard_jax.data.images import ImageSource
-from vlguard_jax.data.sources import DataError, Records, read_records, read_vlguard
+from vlguard_jax.data.sources import DataError, Skip, check_skip_fraction
+from vlguard_jax.data.store import Samples, SourceFile, open_stores
 
 MIXTURES = ("posthoc", "mixed", "safety", "helpful")
+POOLS = {"safety": "safety", "helpful": "helpful", "instruction": "helpful"}  # mixture part → source it is drawn from
 
 
 @dataclasses.dataclass
 class TrainingData:
     mix: mixture.Mixture
+    samples: Samples  # the mixture's trainable samples, memory-mapped
     images: dict[str, ImageSource]  # by conversation source ("vlguard", "llava")
-    skips: list  # reader skips, (id, reason)
-    tokenizer_dir: Path | None  # the synthetic data's own tokenizer, when generated
+    skips: list[Skip]  # records the readers skipped
+    sample_skips: list[Skip]  # mixture samples the tokenizer refused (too long, nothing supervised, …)
 
 
 def synthetic_dataset(config: DataConfig, workdir: Path) -> dict[str, Path]:
@@ -38,60 +46,72 @@ def synthetic_dataset(config: DataConfig, workdir: Path) -> dict[str, Path]:
     return {**paths, "tokenizer": tokenizer_dir}
 
 
-def training_data(config: DataConfig, workdir: Path, record: bool = False) -> TrainingData:
-    """The run's data; replays WORKDIR/mixture.json when present. `record`: write it (one process: the primary)."""
+def training_data(config: DataConfig, workdir: Path, chat: ChatTokenizer, primary: bool = True,
+                  barrier: Callable[[str], None] = lambda name: None) -> TrainingData:
+    """The run's samples; replays WORKDIR/mixture.json when present. The `primary` process writes it and builds
+    missing stores while the others wait at `barrier` (see `store.open_stores`)."""
     if config.mixture not in MIXTURES:
         raise DataError(f"data.mixture must be one of {', '.join(MIXTURES)}, got {config.mixture!r}")
-    tokenizer_dir = None
-    safety_path, safety_images = config.safety, config.safety_images
-    helpful_path, helpful_images, helpful_format = config.helpful, config.helpful_images, config.helpful_format
-    if config.synthetic:
-        paths = synthetic_dataset(config, workdir)
-        tokenizer_dir = paths["tokenizer"]
-        safety_path, safety_images = paths["train"], paths["images"]
-        helpful_path, helpful_images, helpful_format = paths["instruct"], paths["images"], "llava"
-    sources = {"safety": safety_path if config.mixture != "helpful" else None,
-               "helpful": helpful_path if config.mixture != "safety" else None}
+    formats, paths, image_roots = _sources(config, workdir)
     manifest_path = workdir / "mixture.json"
     recorded = _read_manifest(manifest_path)
+    checked = mixture.check_sources(recorded.get("sources", {}), paths) if recorded else {}  # before any read
+    contents = {name: checked.get(name) or _fingerprint(path) for name, path in paths.items()}
+    files = {name: SourceFile.of(formats[name], paths[name], config.seed, contents[name]) for name in paths}
+    stores = open_stores(files, chat, config.cache_dir or workdir / "cache", primary, barrier)
+    for name, store in stores.items():
+        check_skip_fraction(paths[name], store.reader_skips, len(store), config.max_skip_fraction)
+    pools = {part: stores[name].ids if name in stores else [] for part, name in POOLS.items()}
     if recorded is not None:
-        mixture.check_sources(recorded.get("sources", {}), sources)  # before parsing: a refusal costs no read
-    safety = _read("vlguard", safety_path, config) if config.mixture != "helpful" else None
-    helpful = _read(helpful_format, helpful_path, config) if config.mixture != "safety" else None
-    for records in filter(None, (safety, helpful)):
-        records.check_skip_fraction(config.max_skip_fraction)
-    if recorded is not None:
-        pools = {name: records.conversations if records else [] for name, records in
-                 (("safety", safety), ("helpful", helpful), ("instruction", helpful))}
         try:
             mix = mixture.replay(recorded, pools)
         except DataError as e:
             raise DataError(f"{manifest_path}: {e}; restore the data or start a new --workdir") from e
         mix.manifest["sources"] = recorded.get("sources", {})
     else:
-        mix = _draw(config, safety, helpful)
+        mix = _draw(config, pools["safety"], pools["helpful"])
     if not mix.manifest.get("sources"):  # first start (or a manifest from before fingerprints were recorded)
-        mix.manifest["sources"] = {name: mixture.fingerprint(path) for name, path in sources.items() if path}
-        if record:
+        mix.manifest["sources"] = contents
+        if primary:
             mix.write_manifest(manifest_path)
-    images = {}
-    if safety is not None and safety_images is not None:
-        images["vlguard"] = ImageSource(safety_images)
-    if helpful is not None and helpful_images is not None:
-        images[helpful_format] = ImageSource(helpful_images)
-    skips = [s for r in (safety, helpful) if r is not None for s in r.skips]
-    return TrainingData(mix, images, skips, tokenizer_dir)
+    samples, sample_skips = Samples.select([(stores[POOLS[part]], ids) for part, ids in mix.manifest["parts"].items()
+                                            if ids])
+    images = {formats[name]: ImageSource(root) for name, root in image_roots.items() if root is not None}
+    skips = [s for store in stores.values() for s in store.reader_skips]
+    return TrainingData(mix, samples, images, skips, sample_skips)
 
 
-def _draw(config: DataConfig, safety: Records | None, helpful: Records | None) -> mixture.Mixture:
+def _sources(config: DataConfig, workdir: Path) -> tuple[dict, dict, dict]:
+    """Reader format, file and image root of each source the mixture uses, by name ("safety", "helpful")."""
+    if config.synthetic:
+        paths = synthetic_dataset(config, workdir)
+        config = dataclasses.replace(config, safety=str(paths["train"]), safety_images=str(paths["images"]),
+                                     helpful=str(paths["instruct"]), helpful_images=str(paths["images"]),
+                                     helpful_format="llava")
+    names = [name for name, excluded in (("safety", "helpful"), ("helpful", "safety")) if config.mixture != excluded]
+    for name in names:
+        if getattr(config, name) is None:
+            raise DataError(f"data.mixture={config.mixture} needs the {name} data path in the config")
+    formats = {"safety": "vlguard", "helpful": config.helpful_format}
+    return ({name: formats[name] for name in names}, {name: getattr(config, name) for name in names},
+            {name: getattr(config, f"{name}_images") for name in names})
+
+
+def _fingerprint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    return mixture.fingerprint(path)
+
+
+def _draw(config: DataConfig, safety: list[str], helpful: list[str]) -> mixture.Mixture:
     kwargs = dict(seed=config.seed, safety_count=config.safety_count, safety_fraction=config.safety_fraction)
     if config.mixture == "posthoc":
-        return mixture.posthoc(safety.conversations, helpful.conversations, config.num_helpful, **kwargs)
+        return mixture.posthoc(safety, helpful, config.num_helpful, **kwargs)
     if config.mixture == "mixed":
-        return mixture.mixed(safety.conversations, helpful.conversations, **kwargs)
+        return mixture.mixed(safety, helpful, **kwargs)
     if config.mixture == "safety":
-        return mixture.posthoc(safety.conversations, [], 0, **kwargs)
-    return mixture.posthoc([], helpful.conversations, len(helpful.conversations), seed=config.seed)
+        return mixture.posthoc(safety, [], 0, **kwargs)
+    return mixture.posthoc([], helpful, len(helpful), seed=config.seed)
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -104,12 +124,3 @@ def _read_manifest(path: Path) -> dict | None:
     except (ValueError, AttributeError) as e:
         raise DataError(f"{path}: not a mixture manifest ({e}); restore it or start a new --workdir") from e
     return manifest
-
-
-def _read(format: str, path, config: DataConfig) -> Records:
-    if path is None:
-        raise DataError(f"data.mixture={config.mixture} needs the {'safety' if format == 'vlguard' else 'helpful'} "
-                        f"data path in the config")
-    if format == "vlguard":
-        return read_vlguard(path, seed=config.seed)
-    return read_records(format, path)

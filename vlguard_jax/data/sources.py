@@ -61,13 +61,16 @@ class Records:
     duplicate_ids: list[str] = dataclasses.field(default_factory=list)
 
     def check_skip_fraction(self, max_fraction: float) -> None:
-        total = len(self.conversations) + len(self.skips)
-        if total and len(self.skips) / total > max_fraction:
-            reasons = "; ".join(f"{s.id}: {s.reason}" for s in self.skips[:5])
-            raise DataError(
-                f"{self.source}: {len(self.skips)} of {total} records skipped, more than the allowed "
-                f"{max_fraction:.0%} (first: {reasons}); fix the data or raise the limit"
-            )
+        check_skip_fraction(self.source, self.skips, len(self.conversations), max_fraction)
+
+
+def check_skip_fraction(source: str, skips: list[Skip], kept: int, max_fraction: float) -> None:
+    """A DataError naming `source` when more than `max_fraction` of its records were skipped."""
+    total = kept + len(skips)
+    if total and len(skips) / total > max_fraction:
+        reasons = "; ".join(f"{s.id}: {s.reason}" for s in skips[:5])
+        raise DataError(f"{source}: {len(skips)} of {total} records skipped, more than the allowed {max_fraction:.0%} "
+                        f"(first: {reasons}); fix the data or raise the limit")
 
 
 class _Reader:

@@ -1,10 +1,10 @@
 """`train(config, workdir)`: the whole fine-tuning run, resumable by re-running it with the same workdir.
 
-A short composition of named steps: run files and data (`run_data`), samples, the pipeline, the shared run
-setup straight onto the mesh (`train.setup`), then `run_steps`. Re-running restores the newest checkpoint (state
-and data iterator, over the recorded mixture) and continues bit-for-bit; SIGTERM to any one process makes every
-process save the same step and return; repeated non-finite steps stop the run with the last good checkpoint
-intact.
+A short composition of named steps: run files (`write_run_files`), the tokenizer, the data (tokenized once into
+memory-mapped stores, `data.store`), samples, the pipeline, the shared run setup straight onto the mesh
+(`train.setup`), then `run_steps`. Re-running restores the newest checkpoint (state and data iterator, over the
+recorded mixture) and continues bit-for-bit; SIGTERM to any one process makes every process save the same step and
+return; repeated non-finite steps stop the run with the last good checkpoint intact.
 """
 
 from __future__ import annotations
@@ -18,19 +18,23 @@ import jax
 import yaml
 from jax.experimental import multihost_utils
 
+from vlguard_jax.checkpoints.tensors import atomic_write_text
 from vlguard_jax.config import Config, ConfigError, dump_config, to_dict
 from vlguard_jax.data.chat import ChatTokenizer
 from vlguard_jax.data.images import ImageConfig
-from vlguard_jax.data.pipeline import PipelineConfig, build_pipeline, prepare, steps_per_epoch
+from vlguard_jax.data.pipeline import PipelineConfig, build_pipeline, steps_per_epoch
 from vlguard_jax.data.recipes import TrainingData, synthetic_dataset, training_data
+from vlguard_jax.data.store import Samples
 from vlguard_jax.train.checkpointing import Checkpointer
 from vlguard_jax.train.metrics_log import MetricsLog, plot_loss
 from vlguard_jax.train.optimizer import schedule
 from vlguard_jax.train.preemption import Preemption
-from vlguard_jax.train.setup import RunSetup, build, mesh_for, model_config
+from vlguard_jax.train.setup import RunSetup, build, load_tokenizer, mesh_for, model_config
+from vlguard_jax.train.trained import tokenizer_dir
 
 # Sections that must not change under an existing checkpoint (epochs / max_steps may, to extend a run).
 PINNED = ("model", "data", "train.mode", "train.lora", "train.global_batch_size", "train.accum_steps", "train.seed")
+UNPINNED = ("data.cache_dir",)  # where tokenized data is cached changes no sample
 
 
 class TrainingError(RuntimeError):
@@ -51,7 +55,8 @@ def check_workdir(config: Config, workdir: Path) -> None:
     if not saved_path.exists():
         return
     saved, current = _flatten(yaml.safe_load(saved_path.read_text())), _flatten(_plain(to_dict(config)))
-    differ = [k for k in sorted(set(saved) | set(current)) if k.startswith(PINNED) and saved.get(k) != current.get(k)]
+    differ = [k for k in sorted(set(saved) | set(current))
+              if k.startswith(PINNED) and not k.startswith(UNPINNED) and saved.get(k) != current.get(k)]
     if differ:
         details = "; ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in differ[:8])
         raise ConfigError(f"{workdir} holds a run of a different configuration ({details}); use a new --workdir "
@@ -86,15 +91,15 @@ def train(config: Config, workdir: str | Path, progress: bool = True) -> RunResu
 
 
 def _train(config: Config, workdir: Path, mesh, stop: Preemption, progress: bool) -> RunResult:
-    from transformers import AutoTokenizer
-
-    primary = jax.process_index() == 0  # one writer of run files; every host reads the same data
-    data = run_data(config, workdir, primary)
-    tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or data.tokenizer_dir or config.model.path)
+    primary = jax.process_index() == 0  # one writer of run files and tokenized data; every host reads the same
+    write_run_files(config, workdir, primary)
+    tokenizer = load_tokenizer(config, tokenizer_dir(config, workdir))
     llava = model_config(config, tokenizer)
     chat = ChatTokenizer(tokenizer, config.data.template, llava.num_image_tokens, config.data.max_length,
                          config.data.truncation)
-    samples = training_samples(config, data, chat, workdir, primary)
+    record_tokenization(chat, workdir, primary)
+    data = training_data(config.data, workdir, chat, primary, multihost_utils.sync_global_devices)
+    samples = training_samples(config, data, workdir, primary)
     pipeline, total_steps = data_pipeline(config, samples, chat, data, llava)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     iterator = iter(pipeline)
@@ -120,20 +125,33 @@ def check_batch(config: Config, mesh) -> None:
                           f"over data × fsdp = {shards} devices")
 
 
-def run_data(config: Config, workdir: Path, primary: bool) -> TrainingData:
-    """The run's conversations: the resolved config (and synthetic data) written once, the mixture drawn on the
-    first start and replayed from WORKDIR/mixture.json on every later one."""
+def write_run_files(config: Config, workdir: Path, primary: bool) -> None:
+    """The resolved config (and synthetic data with its tokenizer), written once before any process reads them."""
     if primary:
         dump_config(config, workdir / "config.yaml")
         if config.data.synthetic:
             synthetic_dataset(config.data, workdir)
     multihost_utils.sync_global_devices("vlguard-jax: run files ready")
-    return training_data(config.data, workdir, record=primary)
 
 
-def training_samples(config: Config, data: TrainingData, chat: ChatTokenizer, workdir: Path, primary: bool) -> list:
-    """Tokenized samples; every skip is written to WORKDIR/skips.json, and too many stop the run."""
-    samples, sample_skips = prepare(data.mix.conversations, chat)
+def record_tokenization(chat: ChatTokenizer, workdir: Path, primary: bool) -> None:
+    """WORKDIR/tokenization.json: how this run's samples were tokenized (`ChatTokenizer.fingerprint`). A later start
+    whose tokenizer or settings tokenize differently is refused: its samples would not be the ones trained on."""
+    path, current = workdir / "tokenization.json", chat.fingerprint()
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        differ = [f"{k}: {recorded.get(k)!r} → {current.get(k)!r}" for k in sorted(set(recorded) | set(current))
+                  if recorded.get(k) != current.get(k)]
+        if differ:
+            raise ConfigError(f"{path}: this run was tokenized otherwise ({'; '.join(differ)}); use the tokenizer "
+                              f"it started with or a new --workdir")
+    elif primary:
+        atomic_write_text(path, json.dumps(current, indent=1))
+
+
+def training_samples(config: Config, data: TrainingData, workdir: Path, primary: bool) -> Samples:
+    """The mixture's trainable samples; every skip is written to WORKDIR/skips.json, and too many stop the run."""
+    samples, sample_skips = data.samples, data.sample_skips
     skips = data.skips + sample_skips
     if primary:
         (workdir / "skips.json").write_text(json.dumps([dataclasses.asdict(s) for s in skips], indent=1))
@@ -145,7 +163,7 @@ def training_samples(config: Config, data: TrainingData, chat: ChatTokenizer, wo
     return samples
 
 
-def data_pipeline(config: Config, samples: list, chat: ChatTokenizer, data: TrainingData, llava) -> tuple:
+def data_pipeline(config: Config, samples: Samples, chat: ChatTokenizer, data: TrainingData, llava) -> tuple:
     """This host's Grain pipeline and the run's length in steps."""
     t = config.train
     pipeline_config = PipelineConfig(
