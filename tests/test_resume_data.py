@@ -102,3 +102,8 @@ def test_a_restart_that_would_tokenize_otherwise_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"tokenization.json: this run was tokenized otherwise \(tokenizer: '[0-9a-f]{64}'"
                                           r" → '[0-9a-f]{64}'\); use the tokenizer it started with or a new --workdir"):
         record_tokenization(changed, tmp_path, primary=True)
+    (tmp_path / "tokenization.json").unlink()
+    (tmp_path / "checkpoints" / "40").mkdir(parents=True)  # a run saved before tokenizations were recorded
+    with pytest.raises(ConfigError, match=r"holds a run saved before its tokenization was recorded \(no "
+                                          r"tokenization.json\); its samples may have been tokenized otherwise"):
+        record_tokenization(chat(), tmp_path, primary=True)

@@ -145,6 +145,9 @@ def record_tokenization(chat: ChatTokenizer, workdir: Path, primary: bool) -> No
         if differ:
             raise ConfigError(f"{path}: this run was tokenized otherwise ({'; '.join(differ)}); use the tokenizer "
                               f"it started with or a new --workdir")
+    elif any((workdir / "checkpoints").glob("[0-9]*")):
+        raise ConfigError(f"{workdir} holds a run saved before its tokenization was recorded (no {path.name}); "
+                          f"its samples may have been tokenized otherwise: start a new --workdir")
     elif primary:
         atomic_write_text(path, json.dumps(current, indent=1))
 
