@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from data_fixtures import shared_file
 from vlguard_jax.evaluate.judges import VLGUARD_REFUSAL_KEYWORDS, KeywordJudge
 
@@ -33,3 +35,14 @@ def test_judge_agrees_with_the_reference_rule_on_every_case():
     assert judge.refused("BUT I CANNOT HELP")  # matched through "i cannot", not through the dead "but I cannot"
     assert not judge.refused("I’m sorry, no.")  # curly apostrophe: missed by the published rule …
     assert KeywordJudge(normalize=True).refused("I’m sorry, no.")  # … caught by the named variant
+
+
+def test_a_harm_judges_asr_counts_undecided_apart():
+    from vlguard_jax.config import ConfigError
+    from vlguard_jax.evaluate.report import score
+
+    records = [{"unsafe": True}, {"unsafe": False}, {"unsafe": True}, {"unsafe": None}]
+    assert score(records, "asr") == {"n": 4, "metric": "asr", "value": 66.67, "undecided": 1}
+    assert score([{"unsafe": None}], "asr")["value"] is None
+    with pytest.raises(ConfigError, match="the metric 'compliance' counts refusals"):
+        score(records, "compliance")

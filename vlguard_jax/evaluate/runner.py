@@ -26,7 +26,7 @@ from vlguard_jax.data.sources import Turn
 from vlguard_jax.evaluate import fingerprint as run_record
 from vlguard_jax.evaluate import scoring
 from vlguard_jax.evaluate.benchmarks import Benchmark, Prompt
-from vlguard_jax.evaluate.judges import make_judge
+from vlguard_jax.evaluate.judges import Item, Judgment, make_judge
 from vlguard_jax.evaluate.protocols import PROTOCOLS, Protocol
 from vlguard_jax.evaluate.report import score, write_report
 from vlguard_jax.generate import Generator
@@ -113,22 +113,34 @@ def _run_batch(tokenizer, chat, generator, batch: list[Prompt], benchmark, judge
             failed.append({"id": prompt.id, "reason": str(e)})
     if not kept:
         return [], failed
-    records = [{"id": p.id, "prompt": p.text, **({"image": p.image} if p.image else {})} for p in kept]
+    records = [{"id": p.id, "prompt": p.text, **({"image": p.image} if p.image else {}),
+                **({"category": p.metadata["category"]} if "category" in p.metadata else {})} for p in kept]
     if benchmark.metric == "accuracy":
         picks = scoring.choose(generator, tokenizer, prompts, pixels, [p.metadata["choices"] for p in kept])
         for record, prompt, pick in zip(records, kept, picks):
             record.update(response=scoring.LETTERS[pick], correct=pick == prompt.metadata["answer"])
         return records, failed
     outputs = generator.generate(prompts, pixels, protocol.sampling)
-    for record, prompt, tokens in zip(records, kept, outputs):
+    texts = []
+    for tokens in outputs:
         text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         for stop in protocol.stop_strings:
             text = text.split(stop)[0]
-        record.update(response=text, refusal=judge.refused(text))
+        texts.append(text)
+    judgments = judge.judge([Item(p.text, text, p.image) for p, text in zip(kept, texts)])
+    for record, prompt, text, judgment in zip(records, kept, texts, judgments):
+        record.update(response=text, **_verdict(judgment))
         if "answer" in prompt.metadata:
             record.update(answer=prompt.metadata["answer"],
                           correct=str(prompt.metadata["answer"]).lower() in text.lower())
     return records, failed
+
+
+def _verdict(judgment: Judgment) -> dict:
+    """`refusal` from refusal judges (what `report.score` counts), as before; `unsafe` from the other judges."""
+    if judgment.refused is not None:
+        return {"refusal": judgment.refused}
+    return {"unsafe": judgment.unsafe, "judge_label": judgment.label}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
