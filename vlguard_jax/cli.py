@@ -93,26 +93,42 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from vlguard_jax.evaluate import benchmarks
+
+    names = args.benchmark.split(",")
+    if len(args.data) != len(names):
+        print(f"error: give one --data per benchmark ({len(names)} benchmarks, {len(args.data)} --data)",
+              file=sys.stderr)
+        return 2
+    suite = [b for name, data in zip(names, args.data)
+             for b in benchmarks.load(name, data, args.sample, args.sample_seed)]
+    if args.dry_run:  # counts only: no model, no tokenizer
+        print(json.dumps({b.name: {"prompts": len(b.prompts), "skipped": len(b.skips),
+                                   "categories": len({p.metadata.get("category") for p in b.prompts} - {None})}
+                          for b in suite}, indent=1))
+        return 0
+    if args.model is None or args.out is None:
+        print("error: eval needs --model and --out (all but a --dry-run)", file=sys.stderr)
+        return 2
     _distributed(args)
     import jax
     import jax.numpy as jnp
 
     from vlguard_jax.data.images import ImageSource
-    from vlguard_jax.evaluate import benchmarks
     from vlguard_jax.evaluate.fingerprint import check, describe
     from vlguard_jax.evaluate.protocols import protocol
     from vlguard_jax.evaluate.runner import EvalConfig, evaluate
     from vlguard_jax.train.trained import load_model_and_tokenizer
 
-    names = args.benchmark.split(",")
-    if len(args.data) != len(names):
-        print(f"error: give one --data file per benchmark ({len(names)} benchmarks, {len(args.data)} files)",
-              file=sys.stderr)
-        return 2
-    suite = [b for name, path in zip(names, args.data) for b in benchmarks.load(name, path)]
     chosen = protocol(args.protocol, **{name: getattr(args, name) for name in PROTOCOL_FLAGS})
+    for name in names:
+        benchmarks.check_judge(name, chosen.judge)
     config = EvalConfig(chosen, args.batch_size)
-    run = describe(args.model, names, args.data, args.images, chosen, args.dtype)
+    labels = [benchmarks.spec(name).label(args.sample, args.sample_seed) for name in names]
+    files = [path for data in args.data for path in benchmarks.paths(data)]
+    run = describe(args.model, labels, files, args.images, chosen, args.dtype)
     if not args.overwrite:
         check(args.out, run)  # before the model loads: a refusal should not cost minutes
     mesh = _eval_mesh(args.mesh, args.batch_size)
@@ -123,6 +139,16 @@ def _eval(args: argparse.Namespace) -> int:
     if jax.process_index() == 0:
         print((args.out / "report.md").read_text())
     return 0 if summary["benchmarks"] else 1
+
+
+def _benchmarks(args: argparse.Namespace) -> int:
+    from vlguard_jax.evaluate.benchmarks import REGISTRY
+
+    table = [("name", "--data", "judge", "metric")] + [(s.name, s.files, s.judge, s.metric) for s in REGISTRY.values()]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    return 0
 
 
 def _eval_mesh(spec: str | None, batch_size: int):
@@ -150,29 +176,46 @@ def _eval_mesh(spec: str | None, batch_size: int):
 def _judge(args: argparse.Namespace) -> int:
     import json
 
-    from vlguard_jax.evaluate.judges import make_judge
+    from vlguard_jax.evaluate.judges import Item, JudgeError, make_judge
 
-    judge = make_judge(args.judge)
-    lines, refusals, bad = [], 0, 0
+    options = {"base_url": args.judge_url, "model": args.judge_model, "rubric": args.rubric,
+               "cache_dir": args.judge_cache, "max_concurrency": args.judge_concurrency}
+    records, items, bad = [], [], 0
     for number, line in enumerate(args.input.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            response = record["response"]
-            if not isinstance(response, str):
-                raise TypeError("'response' is not a string")
+            response, prompt = record["response"], record.get("prompt", "")
+            if not isinstance(response, str) or not isinstance(prompt, str):
+                raise TypeError("'response' or 'prompt' is not a string")
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             print(f"skipped line {number} of {args.input}: {type(e).__name__}: {e}", file=sys.stderr)
             bad += 1
             continue
-        record["refusal"] = judge.refused(response)
-        refusals += record["refusal"]
-        lines.append(json.dumps(record))
-    args.output.write_text("".join(line + "\n" for line in lines))
-    n = len(lines)
-    asr = 100.0 * (n - refusals) / n if n else float("nan")
-    print(f"judge={judge.name} n={n} refusals={refusals} ASR={asr:.2f}% skipped={bad}")
+        records.append(record)
+        items.append(Item(prompt, response, record.get("image")))
+    try:
+        judge = make_judge(args.judge, **{k: v for k, v in options.items() if v is not None})
+        judgments = judge.judge(items)
+    except JudgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for record, judgment in zip(records, judgments):
+        if judgment.refused is not None:
+            record["refusal"] = judgment.refused
+        record.update(unsafe=judgment.unsafe, judge_label=judgment.label, judge_raw=judgment.raw)
+    args.output.write_text("".join(json.dumps(record) + "\n" for record in records))
+    n = len(records)
+    if all(j.refused is not None for j in judgments):  # a refusal judge: the line as it always was
+        refusals = sum(j.refused for j in judgments)
+        asr = 100.0 * (n - refusals) / n if n else float("nan")
+        print(f"judge={judge.name} n={n} refusals={refusals} ASR={asr:.2f}% skipped={bad}")
+        return 0
+    decided = [j.unsafe for j in judgments if j.unsafe is not None]
+    unsafe = 100.0 * sum(decided) / len(decided) if decided else float("nan")
+    counters = " ".join(f"{k}={v}" for k, v in judge.counters().items())
+    print(f"judge={judge.name} n={n} unsafe={unsafe:.2f}% (of {len(decided)} decided) skipped={bad} {counters}")
     return 0
 
 
@@ -272,6 +315,7 @@ def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vlguard_jax.evaluate.benchmarks import REGISTRY
     from vlguard_jax.models.config import KNOWN_ARCHITECTURES
 
     parser = argparse.ArgumentParser(prog="vlguard-jax", description=__doc__)
@@ -339,12 +383,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     evaluate = commands.add_parser("eval", help="run safety/helpfulness benchmarks; re-run to resume")
-    evaluate.add_argument("--model", type=Path, required=True, help="checkpoint directory or training workdir")
+    evaluate.add_argument("--model", type=Path, help="checkpoint directory or training workdir (needed but for --dry-run)")
     evaluate.add_argument("--benchmark", required=True,
-                          help="comma-separated: vlguard, advbench, xstest, figstep, multiple_choice, jsonl")
-    evaluate.add_argument("--data", type=Path, action="append", required=True, help="one file per benchmark")
+                          help="comma-separated: " + ", ".join(REGISTRY) + " (`vlguard-jax benchmarks` lists "
+                               "what each reads)")
+    evaluate.add_argument("--data", type=Path, action="append", required=True,
+                          help="one --data per benchmark, in --benchmark's order; a benchmark that reads two files "
+                               "takes them comma-separated (jailbreak_llms: FORBIDDEN.csv[,PROMPTS.csv]); mmlu "
+                               "takes its directory")
+    evaluate.add_argument("--sample", type=int, default=5,
+                          help="jailbreak_llms: jailbreak prompts drawn from the prompts file (each asks every "
+                               "question)")
+    evaluate.add_argument("--sample-seed", type=int, default=0, help="the draw's seed: the same seed, the same prompts")
+    evaluate.add_argument("--dry-run", action="store_true",
+                          help="print each subset's prompt and skipped-row counts as json; load no model")
     evaluate.add_argument("--images", type=Path, help="image directory or zip (vlguard, figstep, …)")
-    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument("--out", type=Path, help="results directory (needed but for --dry-run)")
     evaluate.add_argument("--protocol", default="vlguard", choices=("vlguard", "llava"),
                           help="evaluation preset, recorded in run.json and summary.json: vlguard (VLGuard's "
                                "VLGuard_eval.py: llava_v1, CLIP resize + centre crop, greedy, 1 to 256 new tokens) "
@@ -368,10 +422,24 @@ def build_parser() -> argparse.ArgumentParser:
                           help="clear --out's earlier results (needed when they were made with other settings)")
     evaluate.set_defaults(run=_eval)
 
-    judge = commands.add_parser("judge", help="judge responses made anywhere: jsonl lines with id and response")
+    listing = commands.add_parser("benchmarks", help="the benchmarks eval knows: what --data they read, judge, metric")
+    listing.set_defaults(run=_benchmarks)
+
+    judge = commands.add_parser("judge", help="judge responses made anywhere: jsonl lines with id, prompt and "
+                                              "response; adds refusal (keyword judges), unsafe, judge_label, "
+                                              "judge_raw")
     judge.add_argument("--in", dest="input", type=Path, required=True)
     judge.add_argument("--out", dest="output", type=Path, required=True)
-    judge.add_argument("--judge", default="keywords", choices=("keywords", "keywords_normalized"))
+    judge.add_argument("--judge", default="keywords",
+                       help="keywords (VLGuard's rule), keywords_normalized, or openai (an OpenAI-compatible "
+                            "chat-completions judge model; API key from $OPENAI_API_KEY if set)")
+    judge.add_argument("--judge-url", help="openai: base URL, e.g. http://localhost:8000/v1")
+    judge.add_argument("--judge-model", help="openai: the judge model's name")
+    judge.add_argument("--rubric", help="openai: what the judge is asked (default: harmful, Llama Guard's "
+                                        "safe/unsafe)")
+    judge.add_argument("--judge-cache", type=Path, help="openai: directory of cached replies; a re-run sends "
+                                                        "no request twice")
+    judge.add_argument("--judge-concurrency", type=int, help="openai: requests in flight at once (default 8)")
     judge.set_defaults(run=_judge)
 
     compare = commands.add_parser("compare", help="before/after table of two eval output directories")

@@ -8,6 +8,7 @@ results are cleared first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -40,10 +41,20 @@ def describe(model: str | os.PathLike, benchmarks: Sequence[str], data: Sequence
     return {
         "model": str(Path(model).resolve()), "model_identity": model_identity(model),
         "benchmarks": list(benchmarks), "data": [str(Path(p).resolve()) for p in data],
-        "data_sha256": [file_fingerprint(p)["sha256"][:16] for p in data],
+        "data_sha256": [_sha256(p)[:16] for p in data],
         "images": str(Path(images).resolve()) if images else None,
         **protocol.record(), "dtype": dtype,
     }
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    """A data file's sha256; for a data directory (MMLU's), that of its files' relative paths and sha256s."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_fingerprint(path)["sha256"]
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    listing = "".join(f"{p.relative_to(path)} {file_fingerprint(p)['sha256']}\n" for p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def check(out_dir: str | os.PathLike, fingerprint: dict) -> bool:

@@ -1,0 +1,18 @@
+"""Benchmarks as lists of prompts, read from the public file formats at paths the user gives.
+
+A benchmark name may stand for several parts (subsets): `vlguard` → its three test subsets, `advbench` → vanilla
+and suffix injection, `xstest` → safe and unsafe prompts. Each family's module registers its benchmarks
+(`registry.register`) when imported below.
+"""
+
+import importlib
+
+from vlguard_jax.evaluate.benchmarks.base import Benchmark, Prompt
+from vlguard_jax.evaluate.benchmarks.registry import REGISTRY, Spec, check_judge, load, paths, spec
+from vlguard_jax.evaluate.benchmarks.safety import ADVBENCH_SUFFIX, FIGSTEP_PROMPT
+
+for _family in ("safety", "generic", "jailbreak_llms", "mmlu", "alpaca_eval"):  # registers them, in listing order
+    importlib.import_module(f"{__name__}.{_family}")
+
+__all__ = ["ADVBENCH_SUFFIX", "Benchmark", "FIGSTEP_PROMPT", "Prompt", "REGISTRY", "Spec", "check_judge", "load",
+           "paths", "spec"]
