@@ -178,8 +178,11 @@ def _judge(args: argparse.Namespace) -> int:
 
     from vlguard_jax.evaluate.judges import Item, JudgeError, make_judge
 
-    options = {"base_url": args.judge_url, "model": args.judge_model, "rubric": args.rubric,
-               "cache_dir": args.judge_cache, "max_concurrency": args.judge_concurrency}
+    if args.judge == "llama_guard":  # a local checkpoint, run by our own model
+        options = {"path": args.judge_model}
+    else:
+        options = {"base_url": args.judge_url, "model": args.judge_model, "rubric": args.rubric,
+                   "cache_dir": args.judge_cache, "max_concurrency": args.judge_concurrency}
     records, items, bad = [], [], 0
     for number, line in enumerate(args.input.read_text().splitlines(), 1):
         if not line.strip():
@@ -431,10 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--in", dest="input", type=Path, required=True)
     judge.add_argument("--out", dest="output", type=Path, required=True)
     judge.add_argument("--judge", default="keywords",
-                       help="keywords (VLGuard's rule), keywords_normalized, or openai (an OpenAI-compatible "
-                            "chat-completions judge model; API key from $OPENAI_API_KEY if set)")
+                       help="keywords (VLGuard's rule), keywords_normalized, openai (an OpenAI-compatible "
+                            "chat-completions judge model; API key from $OPENAI_API_KEY if set), or llama_guard "
+                            "(a local Llama Guard checkpoint run by this package)")
     judge.add_argument("--judge-url", help="openai: base URL, e.g. http://localhost:8000/v1")
-    judge.add_argument("--judge-model", help="openai: the judge model's name")
+    judge.add_argument("--judge-model", help="openai: the judge model's name; llama_guard: its checkpoint directory")
     judge.add_argument("--rubric", help="openai: what the judge is asked (default: harmful, Llama Guard's "
                                         "safe/unsafe)")
     judge.add_argument("--judge-cache", type=Path, help="openai: directory of cached replies; a re-run sends "

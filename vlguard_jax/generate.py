@@ -10,6 +10,8 @@ On a mesh the weights stay sharded as the model holds them (fsdp / tensor), the 
 `data` × `fsdp` and the KV cache along batch and kv heads. Every process passes the same host batch and takes
 the devices' rows from it; the generated tokens come back replicated, so every process (one of which writes)
 sees all rows.
+
+A text-only decoder (`LlamaForCausalLM`, from `load_language_model`) runs the same way, with every image None.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vlguard_jax.models.llama import KVCache
+from vlguard_jax.models.llama import KVCache, LlamaForCausalLM
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.parallel import logical_to_spec
 
@@ -61,6 +63,20 @@ def _sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def _decoder(model) -> LlamaForCausalLM:
+    """The language model of a LLaVA, or a text-only decoder itself."""
+    return model if isinstance(model, LlamaForCausalLM) else model.language_model
+
+
+def _forward(model, input_ids, pixel_values, attention_mask, positions, cache=None, cache_index=0):
+    """Last-position logits of either kind of model (with a cache, and the updated cache); a text-only decoder
+    takes no pixels (`pixel_values` is then None)."""
+    if isinstance(model, LlamaForCausalLM):
+        return model(input_ids, attention_mask, positions, cache, cache_index, last_only=True)
+    return model(input_ids, pixel_values, attention_mask, positions, cache, cache_index, row_images=True,
+                 last_only=True)
+
+
 def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, key, *, max_new_tokens: int,
             min_new_tokens: int, temperature: float, top_p: float, pad_id: int, cache_dtype):
     model = nnx.merge(graphdef, state)
@@ -74,9 +90,9 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, 
     batch, prompt_len = input_ids.shape
     total = prompt_len + max_new_tokens
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-    cache = KVCache.zeros(model.config.text, batch, total, cache_dtype)
+    cache = KVCache.zeros(_decoder(model).config, batch, total, cache_dtype)
     cache_mask = jnp.zeros((batch, total), bool).at[:, :prompt_len].set(attention_mask.astype(bool))
-    logits, cache = model(input_ids, pixel_values, cache_mask, positions, cache, 0, row_images=True, last_only=True)
+    logits, cache = _forward(model, input_ids, pixel_values, cache_mask, positions, cache, 0)
     key, sub = jax.random.split(key)
     token = pick(logits[:, -1], sub, 0)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
@@ -93,7 +109,7 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, 
         done = done | jnp.isin(token, stop_ids)
         position = position + 1
         cache_mask = cache_mask.at[:, prompt_len + i].set(True)
-        logits, cache = model(token[:, None], None, cache_mask, position[:, None], cache, prompt_len + i)
+        logits, cache = _forward(model, token[:, None], None, cache_mask, position[:, None], cache, prompt_len + i)
         key, sub = jax.random.split(key)
         return i + 1, cache, cache_mask, pick(logits[:, -1], sub, i + 1), position, done, out, key
 
@@ -104,28 +120,31 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, 
 def _next_token_log_probs(graphdef, state, input_ids, attention_mask, pixel_values):
     model = nnx.merge(graphdef, state)
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-    logits = model(input_ids, pixel_values, attention_mask, positions, row_images=True, last_only=True)
+    logits = _forward(model, input_ids, pixel_values, attention_mask, positions)
     return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1)
 
 
 class Generator:
     """Compiles once per (batch size, prompt bucket, sampling settings) and reuses the executable.
 
-    `mesh`: the mesh the model's weights are on; `batch_size` must divide over its `data` × `fsdp` devices."""
+    `mesh`: the mesh the model's weights are on; `batch_size` must divide over its `data` × `fsdp` devices.
+    `model`: a LLaVA, or a text-only `LlamaForCausalLM` (then every image must be None)."""
 
-    def __init__(self, model: LlavaForConditionalGeneration, *, pad_id: int, stop_ids: Sequence[int],
-                 batch_size: int = 8, buckets: Sequence[int] = PROMPT_BUCKETS, mesh: Mesh | None = None):
+    def __init__(self, model: LlavaForConditionalGeneration | LlamaForCausalLM, *, pad_id: int,
+                 stop_ids: Sequence[int], batch_size: int = 8, buckets: Sequence[int] = PROMPT_BUCKETS,
+                 mesh: Mesh | None = None):
         if mesh is not None and batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
             raise ValueError(f"batch size {batch_size} does not divide over the mesh's data × fsdp = "
                              f"{mesh.shape['data'] * mesh.shape['fsdp']} devices; use a multiple of it")
         self.mesh = mesh
         self.graphdef, self.state = nnx.split(model)
+        self.text_only = isinstance(model, LlamaForCausalLM)
         self.config = model.config
         self.pad_id = pad_id
         self.stop_ids = jnp.asarray(list(stop_ids), jnp.int32)
         self.batch_size = batch_size
         self.buckets = tuple(buckets)
-        self.cache_dtype = model.language_model.model.dtype
+        self.cache_dtype = _decoder(model).model.dtype
         self._compiled = {}
         self._log_probs = None
         self.compilations = 0
@@ -145,15 +164,19 @@ class Generator:
         return self._compiled[key]
 
     def _batch(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | None]) -> list[jax.Array]:
-        """ids, mask and pixels of the prompts left-padded to their bucket, filler rows up to the batch size,
-        placed on the mesh from a host copy every process holds (each device takes its rows)."""
+        """ids, mask and pixels (None for a text-only model) of the prompts left-padded to their bucket, filler rows
+        up to the batch size, placed on the mesh from a host copy every process holds (each device takes its rows)."""
         if len(prompts) > self.batch_size:
             raise ValueError(f"{len(prompts)} prompts exceed the generator's batch size {self.batch_size}")
+        if self.text_only and any(image is not None for image in images):
+            raise ValueError("a text-only model takes no images: pass None for every prompt's image")
         length = bucket(max(len(p) for p in prompts), self.buckets)
-        size = self.config.vision.image_size
         ids = np.full((self.batch_size, length), self.pad_id, np.int32)
         mask = np.zeros((self.batch_size, length), bool)
-        pixels = np.zeros((self.batch_size, 3, size, size), np.float32)
+        pixels = None
+        if not self.text_only:
+            size = self.config.vision.image_size
+            pixels = np.zeros((self.batch_size, 3, size, size), np.float32)
         for row, (prompt, image) in enumerate(zip(prompts, images)):
             ids[row, length - len(prompt):] = prompt
             mask[row, length - len(prompt):] = True
@@ -161,10 +184,11 @@ class Generator:
                 pixels[row] = image
         mask[len(prompts):, -1] = True  # filler rows: one visible token keeps their attention well defined
         if self.mesh is None:
-            return [jnp.asarray(a) for a in (ids, mask, pixels)]
-        sharding = NamedSharding(self.mesh, logical_to_spec(("batch",)))
-        place = lambda host: jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-        return [place(a) for a in (ids, mask, pixels)]
+            place = jnp.asarray
+        else:
+            sharding = NamedSharding(self.mesh, logical_to_spec(("batch",)))
+            place = lambda host: jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        return [None if a is None else place(a) for a in (ids, mask, pixels)]
 
     def _run(self, function, *args) -> np.ndarray:
         with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):

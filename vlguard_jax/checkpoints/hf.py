@@ -1,4 +1,5 @@
-"""Load any supported Hugging Face LLaVA checkpoint into the Flax model; save it back in llava-hf layout.
+"""Load any supported Hugging Face LLaVA checkpoint into the Flax model; save it back in llava-hf layout. A plain
+LLaMA checkpoint also loads text-only (`load_language_model`), e.g. a Llama Guard judge.
 
 Loading is streamed: the model is built abstractly (`nnx.eval_shape`, nothing allocated), then each parameter
 is read, cast, stacked over layers and placed on its device sharding before the next is read, so host memory
@@ -22,7 +23,8 @@ from jax.sharding import Mesh
 from vlguard_jax.checkpoints import names
 from vlguard_jax.checkpoints.tensors import CheckpointError, TensorFile, atomic_write_text, open_tensor_files, \
     write_sharded
-from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.config import LlavaConfig, TextConfig
+from vlguard_jax.models.llama import LlamaForCausalLM
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.parallel import LOGICAL_RULES, variable_sharding
 
@@ -40,7 +42,7 @@ def grow_rows(array: np.ndarray, rows: int) -> np.ndarray:
 class ResolvedCheckpoint:
     """A checkpoint seen through the canonical (llava-hf on-disk) names, whatever its layout."""
 
-    config: LlavaConfig
+    config: LlavaConfig | TextConfig  # TextConfig: a text-only LLaMA, its names those of HF `LlamaForCausalLM`
     tensors: dict[str, tuple[TensorFile, str]]  # canonical name → (file, name in that file)
     config_path: Path
     adapt: Callable[[str, np.ndarray], np.ndarray] = lambda name, array: array  # layout-specific fix-ups
@@ -85,15 +87,24 @@ def _layouts() -> dict:
 
 
 def _resolve_llava_hf(path: Path, config_path: Path, config: dict) -> ResolvedCheckpoint:
+    return _resolve_single(path, config_path, config, LlavaConfig.from_hf,
+                           lambda key, _: names.canonical_llava_hf(key))
+
+
+def _resolve_single(path: Path, config_path: Path, config: dict, parse_config: Callable,
+                    canonical: Callable) -> ResolvedCheckpoint:
+    """A checkpoint that is one directory: its config parsed (errors name the file) and each tensor under
+    `canonical(key, parsed_config)`, skipped where that is None."""
     try:
-        llava_config = LlavaConfig.from_hf(config)
+        parsed = parse_config(config)
     except ValueError as e:
         raise CheckpointError(f"{config_path}: {e}") from e
     tensors: dict[str, tuple[TensorFile, str]] = {}
     for key, tensor_file in open_tensor_files(path).items():
-        if not names.IGNORED.search(key):
-            add_tensor(tensors, names.canonical_llava_hf(key), tensor_file, key)
-    return ResolvedCheckpoint(llava_config, tensors, config_path)
+        name = None if names.IGNORED.search(key) else canonical(key, parsed)
+        if name is not None:
+            add_tensor(tensors, name, tensor_file, key)
+    return ResolvedCheckpoint(parsed, tensors, config_path)
 
 
 def add_tensor(tensors: dict, canonical: str, tensor_file: TensorFile, key: str) -> None:
@@ -117,12 +128,31 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=N
     parameter lands directly on its sharding from the logical-axis `rules`.
     """
     resolved = resolve_checkpoint(path, vision_tower, projector)
-    return build_model(resolved, dtype=dtype, param_dtype=param_dtype or dtype, mesh=mesh, rules=rules, remat=remat)
+    return build_model(resolved, LlavaForConditionalGeneration, dtype=dtype, param_dtype=param_dtype or dtype,
+                       mesh=mesh, rules=rules, remat=remat)
 
 
-def build_model(resolved: ResolvedCheckpoint, *, dtype, param_dtype, mesh: Mesh | None, rules,
-                remat: str) -> LlavaForConditionalGeneration:
-    abstract = nnx.eval_shape(lambda: LlavaForConditionalGeneration(
+def load_language_model(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None, mesh: Mesh | None = None,
+                        rules=LOGICAL_RULES, remat: str = "none") -> LlamaForCausalLM:
+    """A plain LLaMA checkpoint (HF `LlamaForCausalLM`, model_type llama) as a text-only decoder, which `Generator`
+    runs without images; `load_pretrained` reads the same directory plus a projector and CLIP as LLaVA stage 1.
+
+    The decoder's parameter paths are HF's own tensor names, so the weights need no renaming; a tied checkpoint's
+    `lm_head.weight`, where a writer kept it, is the embedding itself and is skipped."""
+    config_path, config = read_config(path)
+    if config.get("model_type") != "llama":
+        raise CheckpointError(f"{config_path}: model_type {config.get('model_type')!r} is not a text-only LLaMA "
+                              f"checkpoint (model_type 'llama'); load LLaVA checkpoints with load_pretrained")
+    resolved = _resolve_single(Path(path), config_path, config, TextConfig.from_hf,
+                               lambda key, text: None if text.tie_word_embeddings and key == "lm_head.weight" else key)
+    return build_model(resolved, LlamaForCausalLM, dtype=dtype, param_dtype=param_dtype or dtype, mesh=mesh,
+                       rules=rules, remat=remat)
+
+
+def build_model(resolved: ResolvedCheckpoint, model_class: type, *, dtype, param_dtype, mesh: Mesh | None, rules,
+                remat: str):
+    """`model_class(resolved.config)` built abstractly, then filled with the checkpoint's weights."""
+    abstract = nnx.eval_shape(lambda: model_class(
         resolved.config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     place = lambda path, var: None if mesh is None else variable_sharding(var, mesh, rules)

@@ -190,6 +190,14 @@ class LlamaForCausalLM(nnx.Module):
             cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dtype,
             param_dtype=param_dtype, rngs=rngs)
 
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, positions: jax.Array,
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0, last_only: bool = False):
+        """Text-only forward (a model loaded by `load_language_model`): logits, and with a `cache` the pair
+        `(logits, updated cache)`, as `LlavaForConditionalGeneration.__call__` without images."""
+        hidden, cache = self.model(self.model.embed_tokens(input_ids), positions, attention_mask, cache, cache_index)
+        logits = self.logits(hidden[:, -1:] if last_only else hidden)
+        return logits if cache is None else (logits, cache)
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """fp32 logits whatever the compute dtype (fp32 accumulation): sampling and the loss read them in fp32."""
         if self.lm_head is None:

@@ -4,6 +4,7 @@ each further module registers judges under names that `make_judge` and the `--ju
 from vlguard_jax.evaluate.judges.base import Item, Judge, JudgeError, Judgment, judges, make_judge, register
 from vlguard_jax.evaluate.judges.keywords import VLGUARD_REFUSAL_KEYWORDS, KeywordJudge
 from vlguard_jax.evaluate.judges.openai import OpenAIJudge  # registered after the keyword judges
+from vlguard_jax.evaluate.judges.llama_guard import LlamaGuardJudge
 
-__all__ = ["Item", "Judge", "JudgeError", "Judgment", "KeywordJudge", "OpenAIJudge", "VLGUARD_REFUSAL_KEYWORDS",
-           "judges", "make_judge", "register"]
+__all__ = ["Item", "Judge", "JudgeError", "Judgment", "KeywordJudge", "LlamaGuardJudge", "OpenAIJudge",
+           "VLGUARD_REFUSAL_KEYWORDS", "judges", "make_judge", "register"]
