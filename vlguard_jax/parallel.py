@@ -83,6 +83,13 @@ def place_rows(host, mesh: Mesh | None) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def place_replicated(host, mesh: Mesh | None) -> jax.Array:
+    """A host array every process holds, whole on every device of the mesh (without a mesh: the default device)."""
+    if mesh is None:
+        return jnp.asarray(host)
+    return jax.make_array_from_callback(host.shape, NamedSharding(mesh, PartitionSpec()), lambda index: host[index])
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None], rules=LOGICAL_RULES) -> jax.Array:
     """Sharding constraint by logical axes under `jax.set_mesh(mesh)`; a no-op when no mesh is set."""
     mesh = jax.sharding.get_abstract_mesh()

@@ -58,15 +58,28 @@ class Linear(nnx.Module):
     def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None, out_dtype=None) -> jax.Array:
         """`out_dtype` (e.g. fp32 logits of a bf16 model): the matmul accumulates and returns in it."""
         x = x.astype(self.dtype)
-        y = jnp.dot(x, self.kernel[...].astype(self.dtype), preferred_element_type=out_dtype)
+        y = grouped_dot(x, self.kernel[...].astype(self.dtype), out_dtype)
         if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
+            bias = self.bias[...].astype(self.dtype)
+            if bias.ndim == 2:  # one bias per adapter group: each row takes its group's
+                bias = jnp.repeat(bias, x.shape[0] // bias.shape[0], axis=0).reshape(x.shape[0], *[1] * (y.ndim - 2), -1)
+            y = y + bias
         if self.lora_a is not None:
             if dropout_key is not None and self.lora_dropout > 0:
                 x = dropout(dropout_key, x, self.lora_dropout)
-            low_rank = jnp.dot(x, self.lora_a[...].astype(self.dtype))
-            y = y + jnp.dot(low_rank, self.lora_b[...].astype(self.dtype)) * self.lora_scale
+            low_rank = grouped_dot(x, self.lora_a[...].astype(self.dtype))
+            y = y + grouped_dot(low_rank, self.lora_b[...].astype(self.dtype)) * self.lora_scale
         return y
+
+
+def grouped_dot(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+    """`x @ w`. A `w` of `[groups, in, out]` (K adapters side by side, `models.adapters`) multiplies the g-th of
+    `groups` equal, contiguous blocks of x's rows by `w[g]`: each row meets its own adapter, no weight is copied."""
+    if w.ndim == 2:
+        return jnp.dot(x, w, preferred_element_type=out_dtype)
+    blocks = x.reshape(w.shape[0], x.shape[0] // w.shape[0], *x.shape[1:])
+    y = jnp.einsum("gr...i,gio->gr...o", blocks, w, preferred_element_type=out_dtype)
+    return y.reshape(x.shape[0], *y.shape[2:])
 
 
 def dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:

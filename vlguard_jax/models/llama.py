@@ -67,11 +67,23 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def causal_mask(attention_mask: jax.Array, query_len: int, offset: jax.Array | int) -> jax.Array:
-    """`[batch, 1, q, kv]`: query i (at cache slot `offset + i`) sees valid keys at slots ≤ its own."""
-    q_slots = offset + jnp.arange(query_len)
+    """`[batch, 1, q, kv]`: query i (at cache slot `offset + i`) sees valid keys at slots ≤ its own. `offset`: one
+    for every row, or one per row (continuous batching's slots are at different lengths)."""
+    q_slots = jnp.reshape(offset, (-1, 1)) + jnp.arange(query_len)  # [1 or batch, q]
     k_slots = jnp.arange(attention_mask.shape[1])
-    causal = k_slots[None, :] <= q_slots[:, None]
-    return causal[None, None] & attention_mask[:, None, None, :].astype(bool)
+    causal = k_slots[None, None, :] <= q_slots[:, :, None]
+    return causal[:, None] & attention_mask[:, None, None, :].astype(bool)
+
+
+def write_cache(cache: jax.Array, new: jax.Array, layer: jax.Array, offset: jax.Array | int) -> jax.Array:
+    """`new` `[batch, t, kv_heads, head_dim]` into one layer of `cache` at slots `offset…offset+t`, in place: a
+    slice update for one offset, a scatter for one offset per row."""
+    new = new.astype(cache.dtype)
+    if jnp.ndim(offset) == 0:
+        return jax.lax.dynamic_update_slice(cache, new.swapaxes(1, 2)[None], (layer, 0, 0, offset, 0))
+    rows, length = new.shape[:2]
+    slots = jnp.reshape(offset, (-1, 1)) + jnp.arange(length)
+    return cache.at[layer, jnp.arange(rows)[:, None], :, slots].set(new)
 
 
 class LlamaAttention(nnx.Module):
@@ -92,9 +104,7 @@ class LlamaAttention(nnx.Module):
         v = self.v_proj(x, keys[2]).reshape(b, t, self.num_kv_heads, self.head_dim)
         if kv_cache is not None:  # every layer's cache, updated in place at (layer, :, offset)
             k_all, v_all, layer = kv_cache
-            slots = lambda y, cache: y.swapaxes(1, 2)[None].astype(cache.dtype)
-            k_all = jax.lax.dynamic_update_slice(k_all, slots(k, k_all), (layer, 0, 0, offset, 0))
-            v_all = jax.lax.dynamic_update_slice(v_all, slots(v, v_all), (layer, 0, 0, offset, 0))
+            k_all, v_all = write_cache(k_all, k, layer, offset), write_cache(v_all, v, layer, offset)
             kv_cache = (k_all, v_all)
             k = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False).swapaxes(1, 2).astype(q.dtype)
             v = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False).swapaxes(1, 2).astype(q.dtype)

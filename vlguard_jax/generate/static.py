@@ -1,10 +1,10 @@
-"""Batched generation: one jitted prefill of a left-padded batch, then the whole decode loop on device.
+"""The static engine: one jitted prefill of a left-padded batch, then the whole decode loop on device.
 
 Prompts are left-padded to a length bucket and the batch is padded to a fixed size, so one compiled function
 serves every batch of a benchmark. Decoding is a single `lax.while_loop` over a KV cache; each row stops at
-its first stop token (EOS by default) and the loop ends when every row has stopped; `min_new_tokens` keeps stop
-tokens out of the first tokens, as transformers' `generate(min_new_tokens=…)` does. Greedy by default; temperature
-and top-p sampling are seeded; logits are sampled in fp32 whatever the compute dtype.
+its first stop token (EOS by default) or its own token limit, and the loop ends when every row has stopped: a
+batch costs its longest row (`engine.Engine` refills a finished row's slot instead). It also gives the next
+token's log-probabilities of a batch of prompts (multiple-choice scoring).
 
 On a mesh the weights stay sharded as the model holds them (fsdp / tensor), the batch is split along
 `data` × `fsdp` and the KV cache along batch and kv heads. Every process passes the same host batch and takes
@@ -17,7 +17,6 @@ A text-only decoder (`LlamaForCausalLM`, from `load_language_model`) runs the sa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from typing import Sequence
 
 import jax
@@ -26,75 +25,25 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, bucket, decoder, forward, pick
 from vlguard_jax.models.llama import KVCache, LlamaForCausalLM
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.parallel import check_rows, place_rows
 
-PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
 
-
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0
-    min_new_tokens: int = 0  # stop tokens are banned before this many new tokens (VLGuard's eval uses 1)
-
-
-def bucket(length: int, buckets: Sequence[int] = PROMPT_BUCKETS) -> int:
-    for b in buckets:
-        if length <= b:
-            return b
-    raise ValueError(f"a prompt of {length} tokens exceeds the largest bucket {max(buckets)}")
-
-
-def _sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
-    if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits.astype(jnp.float32) / temperature
-    if top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
-        order = jnp.argsort(-logits, axis=-1)
-        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-        cut = cumulative - jax.nn.softmax(sorted_logits, axis=-1) >= top_p
-        sorted_logits = jnp.where(cut, -jnp.inf, sorted_logits)
-        logits = jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
-
-
-def _decoder(model) -> LlamaForCausalLM:
-    """The language model of a LLaVA, or a text-only decoder itself."""
-    return model if isinstance(model, LlamaForCausalLM) else model.language_model
-
-
-def _forward(model, input_ids, pixel_values, attention_mask, positions, cache=None, cache_index=0):
-    """Last-position logits of either kind of model (with a cache, and the updated cache); a text-only decoder
-    takes no pixels (`pixel_values` is then None)."""
-    if isinstance(model, LlamaForCausalLM):
-        return model(input_ids, attention_mask, positions, cache, cache_index, last_only=True)
-    return model(input_ids, pixel_values, attention_mask, positions, cache, cache_index, row_images=True,
-                 last_only=True)
-
-
-def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, key, *, max_new_tokens: int,
-            min_new_tokens: int, temperature: float, top_p: float, pad_id: int, cache_dtype):
+def _decode(graphdef, state, input_ids, attention_mask, pixel_values, limits, stop_ids, key, *,
+            sampling: SamplingConfig, pad_id: int, cache_dtype):
+    """`limits`: each row's most new tokens (≤ `sampling.max_new_tokens`)."""
     model = nnx.merge(graphdef, state)
-
-    def pick(logits, key, step):  # `step`: how many tokens this row has generated before this one
-        if min_new_tokens:
-            stops = jnp.isin(jnp.arange(logits.shape[-1]), stop_ids)
-            logits = jnp.where(stops & (step < min_new_tokens), -jnp.inf, logits)
-        return _sample(logits, key, temperature, top_p)
-
+    max_new_tokens = sampling.max_new_tokens
     batch, prompt_len = input_ids.shape
     total = prompt_len + max_new_tokens
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-    cache = KVCache.zeros(_decoder(model).config, batch, total, cache_dtype)
+    cache = KVCache.zeros(decoder(model).config, batch, total, cache_dtype)
     cache_mask = jnp.zeros((batch, total), bool).at[:, :prompt_len].set(attention_mask.astype(bool))
-    logits, cache = _forward(model, input_ids, pixel_values, cache_mask, positions, cache, 0)
+    logits, cache = forward(model, input_ids, pixel_values, cache_mask, positions, cache, 0)
     key, sub = jax.random.split(key)
-    token = pick(logits[:, -1], sub, 0)
+    token = pick(logits[:, -1], sub, 0, stop_ids, sampling)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     done = jnp.zeros(batch, bool)
     last_position = positions[:, -1]
@@ -106,12 +55,12 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, 
     def body(carry):
         i, cache, cache_mask, token, position, done, out, key = carry
         out = out.at[:, i].set(jnp.where(done, pad_id, token))
-        done = done | jnp.isin(token, stop_ids)
+        done = done | jnp.isin(token, stop_ids) | (i + 1 >= limits)
         position = position + 1
         cache_mask = cache_mask.at[:, prompt_len + i].set(True)
-        logits, cache = _forward(model, token[:, None], None, cache_mask, position[:, None], cache, prompt_len + i)
+        logits, cache = forward(model, token[:, None], None, cache_mask, position[:, None], cache, prompt_len + i)
         key, sub = jax.random.split(key)
-        return i + 1, cache, cache_mask, pick(logits[:, -1], sub, i + 1), position, done, out, key
+        return i + 1, cache, cache_mask, pick(logits[:, -1], sub, i + 1, stop_ids, sampling), position, done, out, key
 
     carry = (jnp.int32(0), cache, cache_mask, token, last_position, done, out, key)
     return jax.lax.while_loop(cond, body, carry)[6]
@@ -120,7 +69,7 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, stop_ids, 
 def _next_token_log_probs(graphdef, state, input_ids, attention_mask, pixel_values):
     model = nnx.merge(graphdef, state)
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-    logits = _forward(model, input_ids, pixel_values, attention_mask, positions)
+    logits = forward(model, input_ids, pixel_values, attention_mask, positions)
     return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1)
 
 
@@ -142,7 +91,7 @@ class Generator:
         self.stop_ids = jnp.asarray(list(stop_ids), jnp.int32)
         self.batch_size = batch_size
         self.buckets = tuple(buckets)
-        self.cache_dtype = _decoder(model).model.dtype
+        self.cache_dtype = decoder(model).model.dtype
         self._compiled = {}
         self._log_probs = None
         self.compilations = 0
@@ -155,9 +104,7 @@ class Generator:
         if key not in self._compiled:
             def count_and_decode(*args):
                 self.compilations += 1  # runs only while tracing
-                return _decode(*args, max_new_tokens=sampling.max_new_tokens,
-                               min_new_tokens=sampling.min_new_tokens, temperature=sampling.temperature,
-                               top_p=sampling.top_p, pad_id=self.pad_id, cache_dtype=self.cache_dtype)
+                return _decode(*args, sampling=sampling, pad_id=self.pad_id, cache_dtype=self.cache_dtype)
             self._compiled[key] = jax.jit(count_and_decode, out_shardings=self._replicated())
         return self._compiled[key]
 
@@ -188,13 +135,18 @@ class Generator:
             return np.asarray(function(self.graphdef, self.state, *args))
 
     def generate(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | None],
-                 sampling: SamplingConfig = SamplingConfig()) -> list[np.ndarray]:
-        """Token ids of each prompt's continuation, up to and including its stop token."""
-        out = self._run(self._function(sampling), *self._batch(prompts, images), self.stop_ids,
-                        jax.random.key(sampling.seed))
+                 sampling: SamplingConfig = SamplingConfig(),
+                 max_new_tokens: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Token ids of each prompt's continuation, up to and including its stop token. `max_new_tokens`: each
+        prompt's own limit (at most the sampling config's); the batch still decodes until its longest row ends."""
+        limits = np.full(self.batch_size, sampling.max_new_tokens, np.int32)
+        if max_new_tokens is not None:
+            limits[: len(prompts)] = np.minimum(max_new_tokens, sampling.max_new_tokens)
+        out = self._run(self._function(sampling), *self._batch(prompts, images), place_rows(limits, self.mesh),
+                        self.stop_ids, jax.random.key(sampling.seed))
         results = []
         for row in range(len(prompts)):
-            tokens = out[row]
+            tokens = out[row, : limits[row]]
             stops = np.flatnonzero(np.isin(tokens, np.asarray(self.stop_ids)))
             results.append(tokens[: stops[0] + 1] if len(stops) else tokens)
         return results

@@ -1,0 +1,73 @@
+"""What both engines share: sampling settings, prompt buckets, the token pick and the model call.
+
+Logits are sampled in fp32 whatever the compute dtype; greedy by default; temperature and top-p are seeded.
+`min_new_tokens` keeps stop tokens out of a row's first tokens, as transformers' `generate(min_new_tokens=…)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from vlguard_jax.models.llama import LlamaForCausalLM
+
+PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    min_new_tokens: int = 0  # stop tokens are banned before this many new tokens (VLGuard's eval uses 1)
+
+
+def bucket(length: int, buckets: Sequence[int] = PROMPT_BUCKETS) -> int:
+    for b in buckets:
+        if length <= b:
+            return b
+    raise ValueError(f"a prompt of {length} tokens exceeds the largest bucket {max(buckets)}")
+
+
+def sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / temperature
+    if top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        cut = cumulative - jax.nn.softmax(sorted_logits, axis=-1) >= top_p
+        sorted_logits = jnp.where(cut, -jnp.inf, sorted_logits)
+        logits = jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def pick(logits: jax.Array, key: jax.Array, generated: jax.Array, stop_ids: jax.Array,
+         sampling: SamplingConfig) -> jax.Array:
+    """Next token of each row from `[rows, vocab]` logits. `generated`: tokens each row has produced before this
+    one (a scalar, or one per row); `stop_ids`: `[stops]` for every row or `[rows, stops]` (-1 pads)."""
+    if sampling.min_new_tokens:
+        vocab = jnp.arange(logits.shape[-1])
+        stops = (vocab == jnp.atleast_2d(stop_ids)[..., None]).any(axis=-2)  # [1 or rows, vocab]
+        early = jnp.reshape(generated, (-1, 1)) < sampling.min_new_tokens
+        logits = jnp.where(stops & early, -jnp.inf, logits)
+    return sample(logits, key, sampling.temperature, sampling.top_p)
+
+
+def decoder(model) -> LlamaForCausalLM:
+    """The language model of a LLaVA, or a text-only decoder itself."""
+    return model if isinstance(model, LlamaForCausalLM) else model.language_model
+
+
+def forward(model, input_ids, pixel_values, attention_mask, positions, cache=None, cache_index=0):
+    """Last-position logits of either kind of model (with a cache, and the updated cache); a text-only decoder
+    takes no pixels (`pixel_values` is then None). `cache_index`: one write offset, or one per row."""
+    if isinstance(model, LlamaForCausalLM):
+        return model(input_ids, attention_mask, positions, cache, cache_index, last_only=True)
+    return model(input_ids, pixel_values, attention_mask, positions, cache, cache_index, row_images=True,
+                 last_only=True)
