@@ -17,7 +17,7 @@ from vlguard_jax.data.vocab import build_tokenizer
 from vlguard_jax.evaluate import benchmarks
 from vlguard_jax.evaluate.protocols import protocol
 from vlguard_jax.evaluate.runner import EvalConfig, evaluate
-from vlguard_jax.generate import Generator, SamplingConfig
+from vlguard_jax.generate import Engine, SamplingConfig
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.train.setup import architecture_config
 
@@ -74,23 +74,23 @@ def test_the_generator_receives_the_reference_pixels_and_summary_records_the_pro
                                                                                         name):
     root, model, tokenizer = setup
     calls = []
-    generate = Generator.generate
+    stream = Engine.stream
 
-    def spy(self, prompts, images, sampling=SamplingConfig()):
-        calls.append((images, sampling))
-        return generate(self, prompts, images, sampling)
+    def spy(self, requests, sampling=SamplingConfig()):
+        calls.append((requests, sampling))
+        return stream(self, requests, sampling)
 
-    monkeypatch.setattr(Generator, "generate", spy)
+    monkeypatch.setattr(Engine, "stream", spy)
     suite = benchmarks.load("vlguard", root / "test.json")
     chosen = protocol(name, max_new_tokens=2)
     summary = evaluate(model, tokenizer, suite, tmp_path, ImageSource(root), EvalConfig(chosen, batch_size=4),
                        progress=False)
 
-    fed = [pixels for images, _ in calls for pixels in images]
+    fed = [(request.image_key, request.image) for requests, _ in calls for request in requests]
     expected_files = [prompt.image for benchmark in suite for prompt in benchmark.prompts]
-    assert len(fed) == len(expected_files) == len(IMAGES) + 2
+    assert sorted(file for file, _ in fed) == sorted(expected_files) and len(fed) == len(IMAGES) + 2
     reference = REFERENCES[name]()
-    for pixels, file in zip(fed, expected_files):
+    for file, pixels in fed:
         rgb = np.asarray(Image.open(root / file).convert("RGB"))
         expected = reference(images=rgb, return_tensors="np")["pixel_values"][0]
         np.testing.assert_allclose(pixels, expected, rtol=0, atol=1e-6, err_msg=file)
