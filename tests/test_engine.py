@@ -8,11 +8,10 @@ import pytest
 from flax import nnx
 
 import vlguard_jax
+from eval_fixtures import random_adapters
 from hf_fixtures import IMAGE_TOKEN, build_hf, save_layout
 from vlguard_jax.generate import Engine, Generator, Request, SamplingConfig
-from vlguard_jax.models.lora import LoraConfig, apply_lora
-from vlguard_jax.parallel import make_mesh, variable_sharding
-from vlguard_jax.train.trainable import trainable_filter
+from vlguard_jax.parallel import make_mesh
 
 SAMPLING = SamplingConfig(max_new_tokens=14)
 BUCKETS = (32, 64)
@@ -79,21 +78,6 @@ def with_stops(model, requests):
     requests = [Request(r.prompt, r.image, r.image_key, r.max_new_tokens, own.get(i)) for i, r in enumerate(requests)]
     expected = [until_stop(t, own.get(i, (stop,))) for i, t in enumerate(free)]
     return requests, stop, expected
-
-
-def random_adapters(model, count: int, mesh=None) -> list[nnx.State]:
-    """`count` different LoRA runs over the model (adapters and projector, as a LoRA run trains), on the mesh."""
-    apply_lora(model, LoraConfig(rank=4, alpha=8.0, dropout=0.0), nnx.Rngs(0))
-    template = nnx.state(model, trainable_filter("lora"))
-    states = []
-    for k in range(count):
-        keys = iter(jax.random.split(jax.random.key(k), len(jax.tree.leaves(template))))
-
-        def draw(v):
-            value = v[...] + 0.3 * jax.random.normal(next(keys), v.shape, v.dtype)
-            return v.replace(value if mesh is None else jax.device_put(value, variable_sharding(v, mesh)))
-        states.append(jax.tree.map(draw, template, is_leaf=lambda x: isinstance(x, nnx.Variable)))
-    return states
 
 
 def per_adapter_static(model, states, requests, stop, mesh=None) -> list[np.ndarray]:

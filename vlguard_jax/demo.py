@@ -15,15 +15,17 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Sequence
 
 from vlguard_jax.config import Config, DataConfig, config_from_dict
 from vlguard_jax.data.images import ImageSource
 from vlguard_jax.data.recipes import synthetic_dataset
 from vlguard_jax.evaluate import benchmarks
 from vlguard_jax.evaluate.protocols import protocol
-from vlguard_jax.evaluate.runner import EvalConfig, evaluate
+from vlguard_jax.evaluate.runner import EvalConfig, evaluate, evaluate_adapters
 from vlguard_jax.train.loop import train
-from vlguard_jax.train.trained import export_workdir, load_model_and_tokenizer
+from vlguard_jax.train.setup import load_tokenizer
+from vlguard_jax.train.trained import export_workdir, load_adapters, load_model_and_tokenizer, tokenizer_dir
 
 ARCHITECTURE = {
     "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -66,7 +68,21 @@ def evaluate_model(model_dir: Path, paths: dict, out: Path, config: EvalConfig =
     out, never zero: helpfulness accuracy needs exact answers, which real VLGuard test records lack."""
     model, tokenizer = load_model_and_tokenizer(model_dir)
     suite = benchmarks.load("vlguard", paths["test"])
-    scores = evaluate(model, tokenizer, suite, out, ImageSource(paths["images"]), config)["benchmarks"]
+    return _metrics(evaluate(model, tokenizer, suite, out, ImageSource(paths["images"]), config))
+
+
+def evaluate_runs(workdirs: Sequence[Path], paths: dict, outs: Sequence[Path], config: EvalConfig = DEMO_EVAL
+                  ) -> list[dict]:
+    """`evaluate_model` of K LoRA runs over one base, in one pass over the frozen base (a sweep's points)."""
+    model, adapters, run_config = load_adapters(workdirs)
+    tokenizer = load_tokenizer(run_config, tokenizer_dir(run_config, Path(workdirs[0])))
+    suite = benchmarks.load("vlguard", paths["test"])
+    summaries = evaluate_adapters(model, adapters, tokenizer, suite, outs, ImageSource(paths["images"]), config)
+    return [_metrics(summary) for summary in summaries]
+
+
+def _metrics(summary: dict) -> dict:
+    scores = summary["benchmarks"]
     return {name: scores[bench][key] for name, (bench, key) in METRICS.items()
             if scores[bench].get(key) is not None}
 

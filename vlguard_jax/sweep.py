@@ -1,7 +1,8 @@
 """`vlguard-jax sweep`: post-hoc fine-tuning over amounts of safety data (and seeds), each run evaluated.
 
 On the demo model by default (its stage-1 model is trained once and reused); with `config`, on a real post-hoc
-recipe, evaluated on a VLGuard test file with the `vlguard` protocol. Sub-samples of one seed are nested, so a
+recipe, evaluated on a VLGuard test file with the `vlguard` protocol. Every run is trained first; LoRA runs are
+then evaluated together, their adapters side by side over the one frozen base (`evaluate_adapters`). Sub-samples of one seed are nested, so a
 larger run sees every safety sample of a smaller one. Writes `sweep.json` (the evaluation protocol and one row per
 run), `sweep.md` and `sweep.png` (ASR and helpfulness against the number of safety samples). A metric the test data
 cannot give (helpfulness accuracy: real VLGuard test records have no exact answers) is absent from the rows and
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vlguard_jax.config import Config
-from vlguard_jax.demo import DEMO_EVAL, evaluate_model, instruction_tune, posthoc, prepare
+from vlguard_jax.demo import DEMO_EVAL, evaluate_model, evaluate_runs, instruction_tune, posthoc, prepare
 from vlguard_jax.evaluate.protocols import PROTOCOLS, describe
 from vlguard_jax.evaluate.runner import EvalConfig
 from vlguard_jax.train.loop import train
@@ -39,7 +40,7 @@ def run_sweep(out: str | Path, fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.2
         paths = {"test": test_json, "images": images}
         eval_config = EvalConfig(PROTOCOLS["vlguard"], batch_size=8)
         safety_total = len(json.loads(Path(config.data.safety).read_text()))
-    rows = []
+    runs = []  # (fraction, seed, name, workdir)
     for seed in seeds:
         for fraction in fractions:
             name = f"fraction{fraction:g}_seed{seed}"
@@ -50,10 +51,17 @@ def run_sweep(out: str | Path, fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.2
                 data = dataclasses.replace(config.data, safety_fraction=fraction, seed=seed)
                 train(dataclasses.replace(config, data=data,
                                           train=dataclasses.replace(config.train, seed=seed)), workdir)
-            metrics = evaluate_model(workdir, paths, out / f"eval_{name}", eval_config)
-            rows.append({"safety_fraction": fraction, "safety_samples": round(fraction * safety_total),
-                         "seed": seed, **metrics})
-            print(json.dumps(rows[-1]))
+            runs.append((fraction, seed, name, workdir))
+    outs = [out / f"eval_{name}" for _, _, name, _ in runs]
+    if config is None or config.train.mode == "lora":  # every point's adapter over the one base, in one pass
+        metrics = evaluate_runs([workdir for *_, workdir in runs], paths, outs, eval_config)
+    else:
+        metrics = [evaluate_model(workdir, paths, o, eval_config) for (*_, workdir), o in zip(runs, outs)]
+    rows = []
+    for (fraction, seed, _, _), values in zip(runs, metrics):
+        rows.append({"safety_fraction": fraction, "safety_samples": round(fraction * safety_total),
+                     "seed": seed, **values})
+        print(json.dumps(rows[-1]))
     protocol = eval_config.protocol
     settings = {**protocol.record(), "overridden": protocol.overridden()}
     (out / "sweep.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))

@@ -25,6 +25,7 @@ WINDOW = 256
 class Chunk:
     benchmark: Benchmark
     prompts: list[Prompt]  # those not yet written
+    run: int = 0  # the adapter whose answers these are (evaluate_adapters)
 
 
 @dataclasses.dataclass
@@ -69,24 +70,25 @@ def run(engine: Engine, chunks: Sequence[Chunk], sampling: SamplingConfig, prepa
     for part in windows(chunks, window):
         prepared = [prepare(chunk) for chunk in part]
         owners = [(c, j) for c, p in enumerate(prepared) for j in range(len(p.kept))]
-        requests = [Request(prepared[c].ids[j], prepared[c].pixels[j], prepared[c].kept[j].image) for c, j in owners]
+        requests = [Request(prepared[c].ids[j], prepared[c].pixels[j], prepared[c].kept[j].image,
+                            adapter=part[c].run) for c, j in owners]
         order = image_order([r.image_key for r in requests])
         tokens = [[None] * len(p.kept) for p in prepared]
         missing = [len(p.kept) for p in prepared]
-        heads = {}  # benchmark name -> its chunks in this pass not yet completed, in order
+        heads = {}  # (run, benchmark) -> its chunks in this pass not yet completed, in order
         for c, chunk in enumerate(part):
-            heads.setdefault(chunk.benchmark.name, []).append(c)
+            heads.setdefault((chunk.run, chunk.benchmark.name), []).append(c)
 
-        def flush(name: str) -> None:
-            queue = heads[name]
+        def flush(key) -> None:
+            queue = heads[key]
             while queue and missing[queue[0]] == 0:
                 c = queue.pop(0)
                 complete(part[c], prepared[c], tokens[c])
 
-        for name in heads:
-            flush(name)  # chunks whose every prompt failed to encode
+        for key in heads:
+            flush(key)  # chunks whose every prompt failed to encode
         for position, result in engine.stream([requests[i] for i in order], sampling):
             c, j = owners[order[position]]
             tokens[c][j] = result
             missing[c] -= 1
-            flush(part[c].benchmark.name)
+            flush((part[c].run, part[c].benchmark.name))

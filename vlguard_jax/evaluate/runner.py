@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from flax import nnx
 from jax.sharding import Mesh
 
 from vlguard_jax.data.chat import ChatTokenizer, SampleError
@@ -53,36 +54,52 @@ def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | o
     subset's judge is `judging.assign`'s, built once from `judge_options` (model judges on `mesh`).
 
     `mesh`: the mesh the model is on (see `Generator`). With several processes every process runs the same
-    batches (each device generates its rows) and process 0 alone writes; all read the finished state at each
-    benchmark's start, after process 0 has trimmed an interrupted run's cut line."""
-    out_dir = Path(out_dir)
+    batches (each device generates its rows) and process 0 alone writes; all read the finished state at the
+    start, after process 0 has trimmed an interrupted run's cut line."""
+    return evaluate_adapters(model, None, tokenizer, benchmarks, [out_dir], images, config, progress,
+                             [fingerprint], overwrite, mesh, judge_options)[0]
+
+
+def evaluate_adapters(model, adapters: Sequence[nnx.State] | None, tokenizer, benchmarks: Sequence[Benchmark],
+                      out_dirs: Sequence[str | os.PathLike], images: ImageSource | None = None,
+                      config: EvalConfig = EvalConfig(), progress: bool = True,
+                      fingerprints: Sequence[dict | None] | None = None, overwrite: bool = False,
+                      mesh: Mesh | None = None, judge_options: judging.JudgeOptions = judging.JudgeOptions()
+                      ) -> list[dict]:
+    """`evaluate` of K LoRA runs over one base (`adapters`, `train.trained.load_adapters`) in one pass, run k's
+    results in `out_dirs[k]`: the engine gives each run `batch_size` slots and runs the base once for all."""
+    runs = [Path(d) for d in out_dirs]
+    if len(runs) != (1 if adapters is None else len(adapters)):
+        raise ValueError(f"{len(runs)} output directories for {len(adapters or [None])} models")
     writer = jax.process_index() == 0
-    if writer and overwrite:
-        run_record.clear(out_dir)
-    if writer and fingerprint is not None:
-        run_record.claim(out_dir, fingerprint)
+    for out_dir, fingerprint in zip(runs, fingerprints or [None] * len(runs)):
+        if writer and overwrite:
+            run_record.clear(out_dir)
+        if writer and fingerprint is not None:
+            run_record.claim(out_dir, fingerprint)
     protocol = config.protocol
     chat = ChatTokenizer(tokenizer, protocol.template, model.config.num_image_tokens, max_length=2**31 - 1)
     pad_id, stop_ids = tokenizer.pad_token_id or 0, [tokenizer.eos_token_id]
-    engine = Engine(model, pad_id=pad_id, stop_ids=stop_ids, slots=config.batch_size, mesh=mesh)
-    generator = Generator(model, pad_id=pad_id, stop_ids=stop_ids, batch_size=config.batch_size, mesh=mesh)
+    engine = Engine(model, pad_id=pad_id, stop_ids=stop_ids, slots=config.batch_size * len(runs), mesh=mesh,
+                    adapters=adapters)
     vision = model.config.vision
     image_config = ImageConfig(size=vision.image_size, mode=protocol.image_mode) if vision else None
     assigned = {benchmark.name: judging.assign(benchmark, protocol) for benchmark in benchmarks}
     built = {name: judging.build(name, judge_options, mesh, config.batch_size)
              for name in dict.fromkeys(assigned.values()) if name is not None}
     append = _append if writer else lambda path, records: None
-    files = {b.name: (out_dir / b.name / "responses.jsonl", out_dir / b.name / "skips.jsonl") for b in benchmarks}
+    files = {(k, b.name): (d / b.name / "responses.jsonl", d / b.name / "skips.jsonl")
+             for k, d in enumerate(runs) for b in benchmarks}
     if writer:
         for responses, skips in files.values():
             responses.parent.mkdir(parents=True, exist_ok=True)
             for path in (responses, skips):
                 _drop_partial_line(path)  # a line cut by an interruption: its prompt runs again
     multihost_utils.sync_global_devices("vlguard-jax eval: benchmarks ready")
-    done = {b.name: {r["id"] for path in files[b.name] for r in _read_jsonl(path)} for b in benchmarks}
-    chunks = {b.name: [passes.Chunk(b, todo) for i in range(0, len(b.prompts), config.batch_size)
-                       if (todo := [p for p in b.prompts[i: i + config.batch_size] if p.id not in done[b.name]])]
-              for b in benchmarks}
+    done = {key: {r["id"] for path in paths for r in _read_jsonl(path)} for key, paths in files.items()}
+    chunks = {(k, b.name): [passes.Chunk(b, todo, k) for i in range(0, len(b.prompts), config.batch_size)
+                            if (todo := [p for p in b.prompts[i: i + config.batch_size] if p.id not in done[k, b.name]])]
+              for k in range(len(runs)) for b in benchmarks}
     from tqdm import tqdm
 
     bar = tqdm(total=sum(map(len, chunks.values())), desc="eval", unit="batch", disable=not progress)
@@ -91,7 +108,7 @@ def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | o
         return _prepare(chunk.prompts, chat, images, image_config)
 
     def write(chunk: passes.Chunk, prepared: passes.Prepared, records: list[dict]) -> None:
-        responses, skips = files[chunk.benchmark.name]
+        responses, skips = files[chunk.run, chunk.benchmark.name]
         append(skips, prepared.failed)
         append(responses, records)
         bar.update()
@@ -100,33 +117,44 @@ def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | o
         judge = built.get(assigned[chunk.benchmark.name])
         write(chunk, prepared, _records(tokenizer, prepared, tokens, chunk.benchmark, judge, protocol))
 
-    for benchmark in benchmarks:
-        if benchmark.metric == "accuracy":  # one prefill per chunk: the letters' log-likelihoods
-            for chunk in chunks[benchmark.name]:
+    for k in range(len(runs)):  # multiple choice: one prefill per chunk, the letters' log-likelihoods
+        generator = Generator(model if adapters is None else with_adapter(model, adapters[k]), pad_id=pad_id,
+                              stop_ids=stop_ids, batch_size=config.batch_size, mesh=mesh)
+        for benchmark in (b for b in benchmarks if b.metric == "accuracy"):
+            for chunk in chunks[k, benchmark.name]:
                 prepared = prepare(chunk)
                 write(chunk, prepared, _choices(generator, tokenizer, prepared))
-    generated = [chunks[b.name] for b in benchmarks if b.metric != "accuracy"]
+    generated = [chunks[k, b.name] for k in range(len(runs)) for b in benchmarks if b.metric != "accuracy"]
     passes.run(engine, passes.interleave(generated), protocol.sampling, prepare, complete)
     bar.close()
-    scores = {}
-    for benchmark in benchmarks:  # malformed rows of the benchmark file itself
-        append(files[benchmark.name][1], [{"id": s.id, "reason": s.reason} for s in benchmark.skips
-                                          if s.id not in done[benchmark.name]])
+    for (k, name), (_, skips) in files.items():  # malformed rows of the benchmark file itself
+        benchmark = next(b for b in benchmarks if b.name == name)
+        append(skips, [{"id": s.id, "reason": s.reason} for s in benchmark.skips if s.id not in done[k, name]])
     multihost_utils.sync_global_devices("vlguard-jax eval: benchmarks written")
-    for benchmark in benchmarks:
-        responses, skips = files[benchmark.name]
-        scores[benchmark.name] = {**score(_read_jsonl(responses), benchmark.metric),
-                                  "skipped": len(_read_jsonl(skips)), "judge": assigned[benchmark.name]}
     dtype = jnp.dtype(engine.cache_dtype).name
-    summary = {"settings": {**protocol.record(), "overridden": protocol.overridden(), "dtype": dtype},
-               "benchmarks": scores}
-    if writer:
-        write_report(out_dir, summary)
+    summaries = []
+    for k, out_dir in enumerate(runs):
+        scores = {}
+        for benchmark in benchmarks:
+            responses, skips = files[k, benchmark.name]
+            scores[benchmark.name] = {**score(_read_jsonl(responses), benchmark.metric),
+                                      "skipped": len(_read_jsonl(skips)), "judge": assigned[benchmark.name]}
+        summaries.append({"settings": {**protocol.record(), "overridden": protocol.overridden(), "dtype": dtype},
+                          "benchmarks": scores})
+        if writer:
+            write_report(out_dir, summaries[-1])
     for name, judge in built.items():  # this invocation's work (requests, cache hits, tokens, …): its cost
         work = judge.counters()
         if writer and progress and work:
             print(f"judge {name}: " + " ".join(f"{k}={v}" for k, v in work.items()))
-    return summary
+    return summaries
+
+
+def with_adapter(model, adapter: nnx.State):
+    """A view of `model` carrying one run's trainable leaves (the base arrays are shared, not copied)."""
+    view = nnx.merge(*nnx.split(model))
+    nnx.update(view, adapter)
+    return view
 
 
 def eval_mesh(spec: str | None, batch_size: int) -> Mesh:

@@ -4,9 +4,11 @@ newest checkpoint's trainable parameters restored onto the same shardings (never
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from jax.sharding import Mesh
 
 from vlguard_jax.config import Config, load_config
@@ -14,6 +16,7 @@ from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.parallel import make_mesh
 from vlguard_jax.train.checkpointing import Checkpointer
 from vlguard_jax.train.setup import build, load_tokenizer
+from vlguard_jax.train.trainable import trainable_filter
 
 
 def tokenizer_dir(config: Config, workdir: Path) -> Path:
@@ -34,16 +37,40 @@ def load_trained(workdir: str | Path, step: int | None = None, mesh: Mesh | None
     `mesh`: default one device."""
     workdir = Path(workdir)
     config = load_config(workdir / "config.yaml")
+    setup = _frozen_setup(config, workdir, mesh, dtype)
+    return setup.model(_restore(workdir, setup, step)), config
+
+
+def load_adapters(workdirs: Sequence[str | Path], mesh: Mesh | None = None, dtype=None
+                  ) -> tuple[LlavaForConditionalGeneration, list[nnx.State], Config]:
+    """K LoRA runs of one recipe over one base, for `evaluate_adapters`: the base built once (from the first
+    run's config), each run's newest trainable leaves (adapters and projector) restored onto its shardings."""
+    workdirs = [Path(w) for w in workdirs]
+    configs = [load_config(w / "config.yaml") for w in workdirs]
+    first = configs[0]
+    for workdir, config in zip(workdirs, configs):
+        if config.train.mode != "lora" or config.model != first.model or config.train.lora != first.train.lora:
+            raise ValueError(f"{workdir} is not a LoRA run of {workdirs[0]}'s base and adapter shape (train.mode, "
+                             f"model and train.lora must match): evaluate it on its own")
+    setup = _frozen_setup(first, workdirs[0], mesh, dtype)
+    models = [setup.model(_restore(workdir, setup)) for workdir in workdirs]
+    return models[0], [nnx.state(model, trainable_filter("lora")) for model in models], first
+
+
+def _frozen_setup(config: Config, workdir: Path, mesh: Mesh | None, dtype):
+    mesh = mesh or make_mesh(devices=jax.devices()[:1])
+    return build(config, mesh, values="frozen", dtype=dtype,
+                 tokenizer=load_tokenizer(config, tokenizer_dir(config, workdir)))
+
+
+def _restore(workdir: Path, setup, step: int | None = None) -> dict:
     checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
     step = checkpointer.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint; train first")
-    mesh = mesh or make_mesh(devices=jax.devices()[:1])
-    setup = build(config, mesh, values="frozen", dtype=dtype,
-                  tokenizer=load_tokenizer(config, tokenizer_dir(config, workdir)))
     params = checkpointer.restore_params(step, setup.params)
     checkpointer.close()
-    return setup.model(params), config
+    return params
 
 
 def load_model_and_tokenizer(path: str | Path, dtype=jnp.float32, mesh: Mesh | None = None):
