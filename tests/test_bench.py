@@ -1,18 +1,28 @@
-"""The benchmark's two stacks are handed the same work: same weights give the same loss on its batch."""
+"""The benchmark's stacks are handed the same work: same weights give the same loss on its batch; every engine of
+the evaluation workload generates exactly the scheduled lengths; `run` reports the evaluation ratios."""
 
+import importlib.util
+import json
+
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from vlguard_jax.bench import eval_workload as ew
+from vlguard_jax.bench.ours import run_config
+from vlguard_jax.bench.shapes import SIZES
+from vlguard_jax.bench.workload import BOS, train_batch
+from vlguard_jax.train.setup import make_model
 
-from vlguard_jax.bench import theirs  # noqa: E402
-from vlguard_jax.bench.shapes import SIZES  # noqa: E402
-from vlguard_jax.bench.workload import train_batch  # noqa: E402
-from vlguard_jax.checkpoints.hf import load_pretrained  # noqa: E402
-from vlguard_jax.train.step import chunked_cross_entropy_sums  # noqa: E402
+HAS_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("peft") is not None
 
 
 def test_bench_batch_gives_both_stacks_the_same_loss(tmp_path):
+    torch = pytest.importorskip("torch")
+    from vlguard_jax.bench import theirs
+    from vlguard_jax.checkpoints.hf import load_pretrained
+    from vlguard_jax.train.step import chunked_cross_entropy_sums
+
     size = SIZES["tiny"]
     hf = theirs.build(size).eval()
     hf.save_pretrained(tmp_path)
@@ -30,3 +40,124 @@ def test_bench_batch_gives_both_stacks_the_same_loss(tmp_path):
                                     row_images=True)
     nll, count = chunked_cross_entropy_sums(hidden, batch["labels"], model.language_model.logits, 16)
     np.testing.assert_allclose(float(nll / count), theirs_loss, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_eval_workload_is_seeded_vlguard_shaped_with_the_length_mix(name):
+    llava = SIZES[name].model
+    work = ew.make_workload(llava, 48)
+    again, other = ew.make_workload(llava, 48), ew.make_workload(llava, 48, seed=1)
+    np.testing.assert_array_equal(work.lengths, again.lengths)
+    np.testing.assert_array_equal(work.image_of, again.image_of)
+    assert all(np.array_equal(a, b) for a, b in zip(work.prompts, again.prompts))
+    np.testing.assert_array_equal(work.images, again.images)
+    assert not np.array_equal(work.lengths, other.lengths)
+
+    short = (work.lengths >= ew.SHORT_TOKENS[0]) & (work.lengths <= ew.SHORT_TOKENS[1])
+    long = (work.lengths >= ew.LONG_TOKENS[0]) & (work.lengths <= ew.LONG_TOKENS[1])
+    assert np.all(short | long)
+    assert short.sum() == round(0.3 * 48) and long.sum() == 48 - round(0.3 * 48)
+    assert len(set(work.lengths[long])) > 10  # varied, not one length
+    big = ew.response_lengths(3000, seed=5)
+    assert abs(np.mean(big <= ew.SHORT_TOKENS[1]) - 0.3) < 0.001
+    assert big.min() >= ew.SHORT_TOKENS[0] and big.max() <= ew.LONG_TOKENS[1]
+
+    # Half the images shown with two questions, those two adjacent; every image used; images in order.
+    shown = np.bincount(work.image_of)
+    assert len(work.images) == len(shown) == 32 and set(shown) == {1, 2} and (shown == 2).sum() == 16
+    assert np.all(np.diff(work.image_of) >= 0)
+    assert not np.array_equal(shown, np.repeat([2, 1], 16))  # pairs and singles are interleaved, seeded
+
+    # BOS, the system text (one for all), the image's tokens, then a question of 8–40 text tokens.
+    n_image = llava.num_image_tokens
+    system = work.prompts[0][1:1 + ew.SYSTEM_TOKENS]
+    questions = []
+    for p in work.prompts:
+        assert p[0] == BOS and np.array_equal(p[1:1 + ew.SYSTEM_TOKENS], system)
+        start = 1 + ew.SYSTEM_TOKENS
+        assert np.all(p[start:start + n_image] == llava.image_token_id)
+        question = p[start + n_image:]
+        assert ew.QUESTION_TOKENS[0] <= len(question) <= ew.QUESTION_TOKENS[1]
+        assert not np.any(question == llava.image_token_id) and np.all(question < llava.text.vocab_size)
+        questions.append(len(question))
+    assert len(set(questions)) > 10
+    assert max(len(p) for p in work.prompts) <= (256 if name == "small" else 128)
+
+
+def test_check_lengths_refuses_a_row_off_its_schedule():
+    ew.check_lengths([np.zeros(3), np.zeros(5)], [3, 5], "x")
+    with pytest.raises(RuntimeError, match="row, got, scheduled"):
+        ew.check_lengths([np.zeros(3), np.zeros(4)], [3, 5], "x")
+    with pytest.raises(RuntimeError):
+        ew.check_lengths([np.zeros(3)], [3, 5], "x")
+    with pytest.raises(RuntimeError, match="past a row's limit"):
+        ew._static_rows([np.array([5, 6, 7, 8])], [2])
+    assert [len(r) for r in ew._static_rows([np.array([5, 6, ew.PAD, ew.PAD])], [2])] == [2]
+
+
+def test_our_engines_generate_exactly_the_scheduled_lengths():
+    size = SIZES["tiny"]
+    work = ew.make_workload(size.model, 6)
+    assert (np.bincount(work.image_of) == 2).sum() == 2
+    model = make_model(size.model, run_config(size, "full", jnp.float32))
+    for timed in (ew.continuous(model, work, 2), ew.static(model, work, 2)):
+        timed.seen.clear()
+        timed.run()
+        assert timed.seen == list(work.lengths)
+
+    lora_model = make_model(size.model, run_config(size, "lora", jnp.float32))
+    states = ew.adapter_states(lora_model, ew.ADAPTERS)
+    assert len(states) == 4
+    b = [[np.asarray(v[...]) for path, v in ew.nnx.to_flat_state(s) if path[-1] == "lora_b"] for s in states]
+    projector = [[np.asarray(v[...]) for path, v in ew.nnx.to_flat_state(s) if "multi_modal_projector" in path]
+                 for s in states]
+    assert b[0] and projector[0]
+    assert all(np.abs(x).max() > 0 for x in b[0])  # trained-looking: a fresh adapter's lora_b is zero
+    assert not np.array_equal(b[0][0], b[1][0]) and not np.array_equal(projector[0][0], projector[1][0])
+    one, sequential = ew.multi_adapter(lora_model, states, work, 2)
+    for timed in (one, sequential):
+        timed.seen.clear()
+        timed.run()
+        assert timed.seen == list(np.tile(work.lengths, 4))
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch and peft come with the test extra")
+def test_torch_generate_is_forced_to_the_scheduled_lengths():
+    import torch
+
+    from vlguard_jax.bench import theirs
+
+    size = SIZES["tiny"]
+    work = ew.make_workload(size.model, 6)
+    timed = theirs.eval_generate(size, work, 4)
+    timed.seen.clear()
+    timed.run()
+    assert timed.seen == list(work.lengths)
+    # The processor alone: EOS banned before the row's last step, forced at it.
+    force = theirs.ForceLengths(prompt_len=3, lengths=np.array([2, 4]), eos=2)
+    scores = force(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 10))  # one token generated so far
+    assert scores[0].argmax() == 2 and torch.isinf(scores[0, :2]).all()
+    assert torch.isinf(scores[1, 2]) and torch.isfinite(scores[1, 3])
+
+
+def test_run_reports_the_eval_workload_ratios(tmp_path, monkeypatch):
+    from vlguard_jax.bench import run as bench_run
+
+    # Only the evaluation workload is under test here: no train steps, no matmul peak.
+    monkeypatch.setattr(bench_run, "_train", lambda *args: {"skipped": "not under test"})
+    monkeypatch.setattr(bench_run, "measured_matmul_peak",
+                        lambda: {"flops_per_s": 1e9, "dtype": "float32", "size": 0})
+    monkeypatch.setattr(bench_run, "RATIO_SIZE", "tiny")  # the summaries read small's figures by default
+    out = tmp_path / "bench.json"
+    bench_run.run(["tiny"], out, repeats=1, decode_batches=(), pipeline=False, eval_prompts=6, eval_slots=2,
+                  eval_adapter_prompts=3)
+    results = json.loads(out.read_text())
+    figures = results["sizes"]["tiny"]["eval_workload"]
+    assert figures["prompts"] == 6 and figures["slots"] == 2
+    assert figures["multi_adapter"]["one_pass_slots"] == 8 and figures["multi_adapter"]["sequential_slots"] == 2
+    assert figures["multi_adapter"]["per_adapter"]["prompts"] == 3
+    assert figures["continuous"]["generated_tokens"] == figures["static"]["generated_tokens"] > 0
+    keys = ["eval_workload_vs_static", "multi_adapter_vs_sequential"] + (["eval_workload_vs_torch"] * HAS_TORCH)
+    for key in keys:
+        assert isinstance(results["ratios"][key], float) and results["ratios"][key] > 0, key
+    assert results["ratios"]["eval_workload_vs_torch"] == figures.get("ratio_vs_torch")

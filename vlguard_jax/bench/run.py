@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 
+from vlguard_jax.bench import eval_workload as eval_bench
 from vlguard_jax.bench import ours
 from vlguard_jax.bench.peak import compute_dtype, datasheet_peak, measured_matmul_peak
 from vlguard_jax.bench.pipeline import samples_per_second
@@ -28,6 +29,11 @@ from vlguard_jax.plan import train_flops
 DECODE_PROMPT = 600
 DECODE_NEW_TOKENS = 256
 RATIO_SIZE = "small"  # the size whose figures fill the `ratios` and `mfu` summaries
+EVAL_SIZES = ("tiny", "small")  # the sizes the evaluation workload runs on
+EVAL_PROMPTS = 12
+EVAL_SLOTS = 4
+EVAL_ADAPTER_PROMPTS = 6
+EVAL_REPEATS_CPU = 1  # the evaluation workload's timed repeats on a CPU, at most (each is minutes there)
 
 
 def _write(out: Path | None, results: dict) -> None:
@@ -80,6 +86,13 @@ def _decode(size: BenchSize, rows: int, torch_side, repeats: int) -> dict:
     return result
 
 
+def _eval_workload(size: BenchSize, torch_side, repeats: int, prompts: int, slots: int,
+                   adapter_prompts: int) -> dict:
+    if jax.default_backend() == "cpu":
+        repeats = min(repeats, EVAL_REPEATS_CPU)
+    return eval_bench.measure(size, compute_dtype(), torch_side, repeats, prompts, slots, adapter_prompts)
+
+
 def _torch_side():
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("peft") is None:
         return None
@@ -89,7 +102,11 @@ def _torch_side():
 
 
 def run(sizes: list[str], out: Path | None, repeats: int = 3, decode_batches: tuple[int, ...] = (1, 32),
-        pipeline: bool = True) -> dict:
+        pipeline: bool = True, eval_workload: bool = True, eval_prompts: int = EVAL_PROMPTS,
+        eval_slots: int = EVAL_SLOTS, eval_adapter_prompts: int = EVAL_ADAPTER_PROMPTS) -> dict:
+    """`eval_*`: the evaluation workload (`bench.eval_workload`) on the EVAL_SIZES among `sizes`: its prompts,
+    the slots (= the static engines' batch size; each adapter's in the multi-adapter run) and the prompts each
+    of the K adapters evaluates."""
     device = jax.devices()[0]
     torch_side = _torch_side()
     results = {"date": datetime.date.today().isoformat(), "backend": jax.default_backend(),
@@ -120,6 +137,13 @@ def run(sizes: list[str], out: Path | None, repeats: int = 3, decode_batches: tu
             _print_decode(name, entry["decode"][f"batch_{rows}"], rows)
             _write(out, results)
             gc.collect()
+        if eval_workload and name in EVAL_SIZES:
+            reason = _skip_reason(size, "decode")
+            entry["eval_workload"] = {"skipped": reason} if reason else _eval_workload(
+                size, torch_side, repeats, eval_prompts, eval_slots, eval_adapter_prompts)
+            _print_eval(name, entry["eval_workload"])
+            _write(out, results)
+            gc.collect()
     if pipeline:
         results["pipeline"] = samples_per_second()
         _print(f"input pipeline: {results['pipeline']['samples_per_s']:.0f} samples/s at 336 px")
@@ -130,9 +154,13 @@ def run(sizes: list[str], out: Path | None, repeats: int = 3, decode_batches: tu
 
 def _summaries(entry: dict) -> tuple[dict, dict]:
     train, decode = entry.get("train", {}), entry.get("decode", {})
+    evaluation = entry.get("eval_workload", {})
     ratios = {"lora_train_step_vs_torch": train.get("lora", {}).get("ratio_vs_torch"),
               "full_train_step_vs_torch": train.get("full", {}).get("ratio_vs_torch"),
-              "decode_vs_torch": {k: v.get("ratio_vs_torch") for k, v in decode.items()}}
+              "decode_vs_torch": {k: v.get("ratio_vs_torch") for k, v in decode.items()},
+              "eval_workload_vs_static": evaluation.get("ratio_vs_static"),
+              "eval_workload_vs_torch": evaluation.get("ratio_vs_torch"),
+              "multi_adapter_vs_sequential": evaluation.get("multi_adapter", {}).get("ratio_vs_sequential")}
     mfu = {"lora_train_step": train.get("lora", {}).get("mfu_measured_peak"),
            "full_train_step": train.get("full", {}).get("mfu_measured_peak")}
     return ratios, mfu
@@ -157,3 +185,21 @@ def _print_decode(name: str, r: dict, rows: int) -> None:
     torch_part = (f" | torch {r['torch']['tokens_per_s']:8.1f} tok/s | ours/torch {r['ratio_vs_torch']:.2f}×"
                   if "torch" in r else "")
     _print(f"{name:>5} decode b{rows}: {r['tokens_per_s']:8.1f} tok/s (compile {r['compile_s']:.1f} s){torch_part}")
+
+
+def _print_eval(name: str, r: dict) -> None:
+    if "skipped" in r:
+        return _print(f"{name:>5} eval workload: skipped ({r['skipped']})")
+
+    def line(label: str, f: dict, tail: str = "") -> None:
+        _print(f"{name:>5} eval {label}: {f['tokens_per_s']:8.1f} tok/s, {f['seconds']:.1f} s for "
+               f"{f['generated_tokens']} tokens of {f['prompts']} prompts (compile {f['compile_s']:.1f} s){tail}")
+
+    line(f"continuous {r['slots']} slots", r["continuous"])
+    line(f"static b{r['batch_size']}", r["static"], f" | continuous/static {r['ratio_vs_static']:.2f}×")
+    if "torch" in r:
+        line(f"torch generate b{r['batch_size']}", r["torch"], f" | continuous/torch {r['ratio_vs_torch']:.2f}×")
+    m = r["multi_adapter"]
+    line(f"{m['K']} adapters one pass, {m['one_pass_slots']} slots", m["one_pass"],
+         f" | one pass/sequential {m['ratio_vs_sequential']:.2f}×")
+    line(f"{m['K']} adapters sequential, {m['K']} × {m['sequential_slots']} slots", m["sequential"])

@@ -7,16 +7,20 @@ autocast; on CPU everything is fp32. Imported only by the benchmark (torch and p
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig, LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
 
 from vlguard_jax.bench.ours import LORA_DROPOUT
 from vlguard_jax.bench.shapes import BenchSize
 from vlguard_jax.bench.timing import seconds
 from vlguard_jax.bench.workload import pixels, prompt_ids, train_batch
+
+if TYPE_CHECKING:
+    from vlguard_jax.bench.eval_workload import EvalWorkload, Timed
 
 # The modules `models.lora.DEFAULT_TARGETS` adapts, in PEFT's module naming.
 TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -98,3 +102,70 @@ def decode(size: BenchSize, rows: int, prompt_len: int, new_tokens: int) -> tupl
         _sync()
 
     return run, seconds(run)
+
+
+class ForceLengths(LogitsProcessor):
+    """Row i's `lengths[i]`-th new token is EOS and no earlier one is: `generate` then ends each row after exactly
+    its scheduled number of tokens (EOS included), as our engines' per-row limits do."""
+
+    def __init__(self, prompt_len: int, lengths: np.ndarray, eos: int):
+        self.prompt_len, self.eos = prompt_len, eos
+        self.last_step = torch.as_tensor(np.asarray(lengths) - 1, device=device())
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_len  # tokens this row has generated before the one picked now
+        now = (self.last_step == step)[:, None]
+        is_eos = torch.arange(scores.shape[-1], device=scores.device)[None, :] == self.eos
+        return scores.masked_fill(now != is_eos, -float("inf"))
+
+
+def generated_lengths(new_tokens: torch.Tensor, eos: int) -> list[int]:
+    """Tokens up to and including each row's first EOS (the whole row where there is none)."""
+    rows = []
+    for row in new_tokens.cpu().numpy():
+        stops = np.flatnonzero(row == eos)
+        rows.append(int(stops[0]) + 1 if len(stops) else len(row))
+    return rows
+
+
+def eval_generate(size: BenchSize, work: EvalWorkload, batch: int) -> Timed:
+    """transformers' greedy `generate` over the evaluation workload as its users run one: the requests in order,
+    `batch` at a time, left-padded, each batch until its longest row ends; each row's length forced to the
+    schedule (checked after every batch)."""
+    from vlguard_jax.bench.eval_workload import MAX_NEW_TOKENS, PAD, Timed, check_lengths
+
+    model = build(size).eval()
+    eos = size.model.text.eos_token_id
+    batches = []
+    for start in range(0, len(work.prompts), batch):
+        rows = list(range(start, min(start + batch, len(work.prompts))))
+        length = max(len(work.prompts[r]) for r in rows)
+        ids = np.full((len(rows), length), PAD, np.int64)
+        mask = np.zeros((len(rows), length), np.int64)
+        for i, r in enumerate(rows):
+            ids[i, length - len(work.prompts[r]):] = work.prompts[r]
+            mask[i, length - len(work.prompts[r]):] = 1
+        images = np.stack([work.image(r) for r in rows])
+        batches.append((torch.as_tensor(ids, device=device()), torch.as_tensor(mask, device=device()),
+                        torch.as_tensor(images, device=device()).to(_dtype()), length, work.lengths[rows]))
+
+    seen: list = []
+
+    def run(batches=batches, scheduled=work.lengths) -> None:
+        got = []
+        with torch.no_grad():
+            for ids, mask, images, length, lengths in batches:
+                out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=images,
+                                     max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=PAD,
+                                     eos_token_id=eos,
+                                     logits_processor=LogitsProcessorList([ForceLengths(length, lengths, eos)]))
+                got += generated_lengths(out[:, length:], eos)
+        _sync()
+        seen.clear()
+        check_lengths([np.zeros(n) for n in got], scheduled, "transformers generate", seen)
+
+    # Warm-up (nothing to compile): the first batch, two tokens a row, twice.
+    ids, mask, images, length, lengths = batches[0]
+    short = [(ids, mask, images, length, np.full_like(lengths, 2))]
+    first_s = seconds(lambda: run(short, np.full_like(lengths, 2)))
+    return Timed(run, first_s, lambda: 0, seconds(lambda: run(short, np.full_like(lengths, 2))), seen=seen)
