@@ -40,3 +40,22 @@ def test_query_chunks_match_full_attention(chunk):
     chunked, whole = jax.grad(loss(chunk), (0, 1, 2))(q, k, v), jax.grad(loss(0), (0, 1, 2))(q, k, v)
     for a, b in zip(chunked, whole):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_head_major_attention_equals_jax_dot_product_attention_in_value_and_gradient():
+    """Our CPU/TPU attention (head-major, recomputing backward) against `jax.nn.dot_product_attention` and its
+    autodiff: grouped-query heads, a causal mask and a left-padded row."""
+    rng = np.random.RandomState(1)
+    batch, length, heads, kv_heads, dim = 2, 12, 6, 2, 8
+    q, k, v = (jnp.asarray(rng.randn(batch, length, h, dim).astype(np.float32)) for h in (heads, kv_heads, kv_heads))
+    valid = np.ones((batch, length), bool)
+    valid[0, :5] = False
+    mask = jnp.asarray(np.tril(np.ones((length, length), bool))[None, None] & valid[:, None, None, :])
+    weights = jnp.asarray(rng.randn(batch, length, heads, dim).astype(np.float32)) * valid[:, :, None, None]
+
+    ours = lambda q, k, v: jnp.sum(attention(q, k, v, mask) * weights)
+    reference = lambda q, k, v: jnp.sum(jax.nn.dot_product_attention(q, k, v, mask=mask) * weights)
+    np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), rtol=1e-5)
+    for a, b in zip(jax.grad(ours, (0, 1, 2))(q, k, v), jax.grad(reference, (0, 1, 2))(q, k, v)):
+        assert np.abs(np.asarray(b)).max() > 0
+        np.testing.assert_allclose(a, b, atol=2e-5)
