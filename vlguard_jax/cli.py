@@ -301,6 +301,8 @@ def _plan(args: argparse.Namespace) -> int:
         print("fits in HBM (GB): " + ", ".join(f"{gb}: {'yes' if ok else 'no'}"
                                               for gb, ok in result["fits_hbm_gb"].items()))
     print(f"model FLOPs per step: {result['model_flops_per_step']:.3e} ({result['model_flops_per_token']:.3e}/token)")
+    for reshard in result["involuntary_rematerializations"]:
+        print(f"warning: XLA replicates a tensor whole to reshard it (involuntary full rematerialization): {reshard}")
     if "max_per_device_batch" in result:
         print(f"largest per-device batch that fits at seq {result['seq_len']}: {result['max_per_device_batch']} "
               f"(rows per device per micro-batch)")

@@ -5,8 +5,9 @@ lowered with abstract parameters and the config's mesh, then compiled for N loca
 or for a named TPU slice (`"v5e:2x4"`: libtpu compiles for it on any machine, see `vlguard_jax.topology`).
 XLA's memory analysis gives per-device argument, output, temporary and (on TPU) peak bytes; on TPU, libtpu's
 HBM check also gives the verdict, and the largest per-device batch that fits can be searched, one compile per
-probe. On CPU, XLA converts bf16 weights to f32 inside the step, so temporaries of bf16 runs are pessimistic
-there; TPUs keep them in bf16.
+probe. The partitioner's involuntary full rematerializations (`reshard_check`) are listed: each is a tensor
+replicated whole every step. On CPU, XLA converts bf16 weights to f32 inside the step, so temporaries of bf16
+runs are pessimistic there; TPUs keep them in bf16.
 Model FLOPs are counted analytically (`train_flops`): XLA's own count sees each scanned layer once.
 """
 
@@ -24,6 +25,7 @@ from jax.sharding import NamedSharding
 from vlguard_jax.config import Config, ConfigError
 from vlguard_jax.models.config import KNOWN_ARCHITECTURES, LlavaConfig
 from vlguard_jax.parallel import logical_to_spec
+from vlguard_jax.reshard_check import captured_reshards
 from vlguard_jax.topology import Verdict, compile_verdict, device_kind, slice_devices
 from vlguard_jax.train import setup
 
@@ -69,7 +71,8 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
     mesh = setup.mesh_for(config, devices)
     rows = per_device_batch(config, mesh)
     lowered, sizes = _lower_step(config, llava, mesh)
-    verdict = compile_verdict(lowered) if on_tpu else Verdict(True, compiled=lowered.compile())
+    with captured_reshards() as reshards:
+        verdict = compile_verdict(lowered) if on_tpu else Verdict(True, compiled=lowered.compile())
     per_device = {"frozen_params": sizes["frozen_params"], "trainable_params": sizes["trainable_params"],
                   "optimizer_state": sizes["optimizer_state"], "temporaries": None, "peak": None}
     xla_flops = 0.0
@@ -91,6 +94,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
         "fits_hbm_gb": {str(gb): bool(peak <= gb * 1e9) for gb in HBM_GB} if peak is not None else {},
         "model_flops_per_step": flops, "model_flops_per_token": flops / tokens,
         "xla_flops_per_step_scan_bodies_once": xla_flops,
+        "involuntary_rematerializations": reshards,
     }
     if on_tpu:
         result.update(topology=topology, device_kind=device_kind(devices), fits=verdict.fits)

@@ -44,6 +44,7 @@ def slice_devices(topology: str) -> list[jax.Device]:
     if not _on_tpu_host():  # no chips here to guard or to find hosts for
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # else libtpu asks GCE's metadata server
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # else one libtpu process at a time (a lockfile)
+    os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "1")  # libtpu's warnings (its partitioner's) on stderr, not a file
     from jax.experimental import topologies
 
     if not re.fullmatch(r"[a-z0-9]+:\d+(x\d+)+", topology):

@@ -27,7 +27,8 @@ class ClipEmbeddings(nnx.Module):
         patches = self.patch_embedding(pixel_values.astype(self.dtype))  # [n, h, w, d]
         n, h, w, d = patches.shape
         patches = patches.reshape(n, h * w, d)  # row-major, as torch's flatten(2).transpose(1, 2)
-        cls = jnp.broadcast_to(self.class_embedding[...].astype(self.dtype), (n, 1, d))
+        cls = constrain(self.class_embedding[...], (None,))  # whole, like `Embedding`'s table: rows stay batch-split
+        cls = jnp.broadcast_to(cls.astype(self.dtype), (n, 1, d))
         x = jnp.concatenate([cls, patches], axis=1)
         return x + self.position_embedding(jnp.arange(h * w + 1))[None]
 

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vlguard_jax.parallel import constrain
+
 Axes = tuple[str | None, ...]
 
 REMAT_POLICIES: dict[str, Callable | None] = {
@@ -243,10 +245,17 @@ class Embedding(nnx.Module):
 
     def __init__(self, num: int, dim: int, axes: Axes, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.dtype = dtype
+        self.rows_axis = axes[0]
         self.embedding = param(rngs, nnx.initializers.normal(0.02), (num, dim), param_dtype, axes)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        """The table is gathered whole along its feature axis first (FSDP's all-gather before use): the looked-up
+        rows then stay split by batch, and a trainable table's gradient is a reduce-scatter of batch-split
+        partial sums. Looked up from the fsdp-split table, the backward pass had to move the batch-split
+        cotangent onto the table's feature split, which XLA's SPMD partitioner does by replicating it whole
+        ("Involuntary full rematerialization")."""
+        table = constrain(self.embedding[...], (self.rows_axis, None))
+        return jnp.take(table, ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
         """fp32 logits (operands in the compute dtype, fp32 accumulation)."""

@@ -16,6 +16,7 @@ from vlguard_jax.models.clip import ClipVisionTower
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.layers import Linear, activation
 from vlguard_jax.models.llama import KVCache, LlamaForCausalLM
+from vlguard_jax.parallel import constrain
 
 
 class Projector(nnx.Module):
@@ -73,7 +74,9 @@ class LlavaForConditionalGeneration(nnx.Module):
         hidden = self.vision_tower(pixel_values, self.config.feature_layer_index)
         if self.config.vision_feature_select_strategy == "default":
             hidden = hidden[:, 1:]
-        return self.multi_modal_projector(hidden)
+        # Split by image as the batch is: left split by feature (the projector's tensor-parallel output), the
+        # splice into batch-split rows is a resharding XLA does by replicating the features whole.
+        return constrain(self.multi_modal_projector(hidden), ("batch", "length", "act_embed"))
 
     def embed(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
               row_images: bool = False) -> jax.Array:
