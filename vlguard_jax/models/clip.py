@@ -43,7 +43,9 @@ class ClipPatchConv(nnx.Module):
 
     def __call__(self, pixel_values: jax.Array) -> jax.Array:
         x = jnp.transpose(pixel_values, (0, 2, 3, 1))  # NCHW (the processor's layout) → NHWC
-        kernel = self.kernel[...].astype(x.dtype)
+        # Whole, like `Embedding`'s table: the patches then come out split by image as the pixels are, where an
+        # fsdp-split kernel gave them split by feature and the move to batch-split rows replicated them whole.
+        kernel = constrain(self.kernel[...], (None,) * 4).astype(x.dtype)
         stride = kernel.shape[:2]
         return jax.lax.conv_general_dilated(x, kernel, stride, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 

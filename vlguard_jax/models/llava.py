@@ -33,8 +33,12 @@ class Projector(nnx.Module):
             setattr(self, f"linear_{i}", layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Each layer's output split by image as the batch is (its weights gathered, as in FSDP): left to XLA, the
+        output of a tensor-parallel projector came out split by feature, and moving it to the batch-split rows it
+        is spliced into replicated it whole (an involuntary full rematerialization)."""
         for i in range(1, self.depth + 1):
             x = getattr(self, f"linear_{i}")(x if i == 1 else self.act(x))
+            x = constrain(x, ("batch", "length", "mlp" if i < self.depth else "act_embed"))
         return x
 
 
@@ -74,9 +78,7 @@ class LlavaForConditionalGeneration(nnx.Module):
         hidden = self.vision_tower(pixel_values, self.config.feature_layer_index)
         if self.config.vision_feature_select_strategy == "default":
             hidden = hidden[:, 1:]
-        # Split by image as the batch is: left split by feature (the projector's tensor-parallel output), the
-        # splice into batch-split rows is a resharding XLA does by replicating the features whole.
-        return constrain(self.multi_modal_projector(hidden), ("batch", "length", "act_embed"))
+        return self.multi_modal_projector(hidden)
 
     def embed(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
               row_images: bool = False) -> jax.Array:
