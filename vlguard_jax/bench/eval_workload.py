@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vlguard_jax.bench.timing import seconds
+from vlguard_jax.bench.timing import alternate_all, seconds
 from vlguard_jax.bench.workload import BOS, FIRST_TEXT_ID, pixels
 from vlguard_jax.models.config import LlavaConfig
 
@@ -238,18 +238,15 @@ def multi_adapter(model, states: Sequence[nnx.State], work: EvalWorkload, slots:
             Timed(sequential, first_s, lambda: engine.compilations, first_fraction=1 / k, seen=seen))
 
 
-def alternate_all(runs: dict[str, Timed], repeats: int) -> dict[str, float]:
-    """`timing.alternate` for several runs: each repeat times every run once, in turn (median seconds each); raises
-    if a timed call compiled anything (the warm-up must have covered every shape)."""
+def timed_medians(runs: dict[str, Timed], repeats: int) -> dict[str, float]:
+    """`timing.alternate_all` over the runs; raises if a timed call compiled anything (the warm-up must have
+    covered every shape)."""
     before = {name: timed.compilations() for name, timed in runs.items()}
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, timed in runs.items():
-            times[name].append(seconds(timed.run))
+    medians = alternate_all({name: timed.run for name, timed in runs.items()}, repeats)
     for name, timed in runs.items():
         if timed.compilations() != before[name]:
             raise RuntimeError(f"{name} compiled during its timed runs: the warm-up missed a shape")
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return medians
 
 
 def measure(size, dtype, torch_side, repeats: int, prompts: int, slots: int, adapter_prompts: int | None = None,
@@ -271,7 +268,7 @@ def measure(size, dtype, torch_side, repeats: int, prompts: int, slots: int, ada
     runs["one_pass"], runs["sequential"] = multi_adapter(lora_model, adapter_states(lora_model, adapters),
                                                          adapter_work, slots)
     warm_s = time.perf_counter() - start
-    timed = alternate_all(runs, repeats)
+    timed = timed_medians(runs, repeats)
 
     def figures(name: str, work: EvalWorkload, passes: int = 1, **extra) -> dict:
         s, generated = timed[name], passes * work.tokens
@@ -286,7 +283,7 @@ def measure(size, dtype, torch_side, repeats: int, prompts: int, slots: int, ada
 
     result = {
         **shape(work), "slots": slots, "batch_size": slots, "repeats": repeats,
-        "timing": f"each of {repeats} repeat(s) times every engine once in turn (timing.alternate over all of "
+        "timing": f"each of {repeats} repeat(s) times every engine once in turn (timing.alternate_all over all of "
                   "them), medians reported, after warm-ups: ours' continuous and one-pass runs warm up on the whole "
                   "workload, the sequential passes on one pass (compile_s = first call − its share of the timed "
                   "run); the static engine on every batch at a 1-token limit, transformers on one batch at 2 "

@@ -7,20 +7,18 @@ autocast; on CPU everything is fp32. Imported only by the benchmark (torch and p
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
 
+from vlguard_jax.bench.eval_workload import MAX_NEW_TOKENS, PAD, EvalWorkload, Timed, check_lengths
 from vlguard_jax.bench.ours import LORA_DROPOUT
 from vlguard_jax.bench.shapes import BenchSize
 from vlguard_jax.bench.timing import seconds
 from vlguard_jax.bench.workload import pixels, prompt_ids, train_batch
-
-if TYPE_CHECKING:
-    from vlguard_jax.bench.eval_workload import EvalWorkload, Timed
 
 # The modules `models.lora.DEFAULT_TARGETS` adapts, in PEFT's module naming.
 TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -131,9 +129,7 @@ def generated_lengths(new_tokens: torch.Tensor, eos: int) -> list[int]:
 def eval_generate(size: BenchSize, work: EvalWorkload, batch: int) -> Timed:
     """transformers' greedy `generate` over the evaluation workload as its users run one: the requests in order,
     `batch` at a time, left-padded, each batch until its longest row ends; each row's length forced to the
-    schedule (checked after every batch)."""
-    from vlguard_jax.bench.eval_workload import MAX_NEW_TOKENS, PAD, Timed, check_lengths
-
+    schedule (every row's length checked after each run)."""
     model = build(size).eval()
     eos = size.model.text.eos_token_id
     batches = []

@@ -13,11 +13,17 @@ def seconds(run: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def alternate(ours: Callable[[], None], theirs: Callable[[], None] | None, repeats: int) -> tuple[float, float | None]:
-    """Median seconds of each; callables must block until their work is done (warm-up excluded: run once first)."""
-    ours_s, theirs_s = [], []
+def alternate_all(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median seconds of each run: each repeat times every run once, in turn (warm-up excluded: run each once
+    first; callables must block until their work is done)."""
+    times = {name: [] for name in runs}
     for _ in range(repeats):
-        ours_s.append(seconds(ours))
-        if theirs is not None:
-            theirs_s.append(seconds(theirs))
-    return statistics.median(ours_s), statistics.median(theirs_s) if theirs_s else None
+        for name, run in runs.items():
+            times[name].append(seconds(run))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def alternate(ours: Callable[[], None], theirs: Callable[[], None] | None, repeats: int) -> tuple[float, float | None]:
+    """Median seconds of ours and of theirs (None without theirs)."""
+    medians = alternate_all({"ours": ours} if theirs is None else {"ours": ours, "theirs": theirs}, repeats)
+    return medians["ours"], medians.get("theirs")
