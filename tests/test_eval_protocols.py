@@ -115,7 +115,10 @@ def test_presets_and_overrides():
         "llava_v1", "crop", SamplingConfig(max_new_tokens=256, temperature=0.0, min_new_tokens=1))
     assert protocol("vlguard", image_mode=None).overridden() == []  # a flag not given overrides nothing
     assert protocol("llava", image_mode="crop").overridden() == ["image_mode"]
-    with pytest.raises(ConfigError, match="unknown evaluation protocol 'mmmu'; known: vlguard, llava"):
+    minigpt = protocol("vlguard_minigptv2")
+    assert (minigpt.template, minigpt.image_mode, minigpt.sampling) == (
+        "minigptv2_vqa", "resize", SamplingConfig(max_new_tokens=256, temperature=0.0, min_new_tokens=1))
+    with pytest.raises(ConfigError, match="unknown evaluation protocol 'mmmu'; known: vlguard, vlguard_minigptv2, "):
         protocol("mmmu")
     with pytest.raises(ConfigError, match="min_new_tokens 8 must lie between 0 and max_new_tokens 4"):
         protocol("vlguard", max_new_tokens=4, min_new_tokens=8)

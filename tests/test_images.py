@@ -69,6 +69,17 @@ def test_crop_matches_clip_processor_bit_for_bit(name, size):
     np.testing.assert_array_equal(actual, expected["pixel_values"][0])
 
 
+@pytest.mark.parametrize("name", ["wide", "tall", "square", "rgba", "gray", "tiny", "one_pixel_row"])
+def test_resize_is_minigptv2s_squeeze_to_a_square(name):
+    """MiniGPT-v2's `Blip2ImageEvalProcessor`: `Resize((448, 448), BICUBIC)` of the PIL image, `ToTensor`,
+    `Normalize` with BLIP's (= CLIP's) mean and std: the processor below with that exact size and no crop."""
+    image = IMAGES[name]()
+    expected = CLIPImageProcessorPil(size={"height": 448, "width": 448}, do_center_crop=False)(
+        images=image, return_tensors="np")
+    actual = preprocess(image, ImageConfig(size=448, mode="resize"))
+    np.testing.assert_array_equal(actual, expected["pixel_values"][0])
+
+
 def test_pad_and_crop_differ_on_non_square_images():
     image = IMAGES["wide"]()
     assert not np.array_equal(preprocess(image, ImageConfig()), preprocess(image, ImageConfig(mode="crop")))

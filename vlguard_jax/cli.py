@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from vlguard_jax.data.chat import TEMPLATES
+from vlguard_jax.data.images import MODES as IMAGE_MODES
+
 DTYPES = ("float32", "bfloat16", "float16")
 PROTOCOL_FLAGS = ("template", "image_mode", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed", "judge")
 
@@ -454,13 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="print each subset's prompt and skipped-row counts as json; load no model")
     evaluate.add_argument("--images", type=Path, help="image directory or zip (vlguard, figstep, …)")
     evaluate.add_argument("--out", type=Path, help="results directory (needed but for --dry-run)")
-    evaluate.add_argument("--protocol", default="vlguard", choices=("vlguard", "llava", "harmful_finetune"),
+    evaluate.add_argument("--protocol", default="vlguard",
+                          choices=("vlguard", "vlguard_minigptv2", "llava", "harmful_finetune"),
                           help="evaluation preset, recorded in run.json and summary.json: vlguard (VLGuard's "
-                               "VLGuard_eval.py: llava_v1, CLIP resize + centre crop, greedy, 1 to 256 new tokens) "
+                               "VLGuard_eval.py: llava_v1, CLIP resize + centre crop, greedy, 1 to 256 new tokens), "
+                               "vlguard_minigptv2 (the same for MiniGPT-v2: its [vqa] prompt, 448-px resize), "
                                "or llava (LLaVA-1.5's eval: vicuna_v1, pad to square, greedy, 128 new tokens); "
                                "the flags below, where given, replace its fields")
-    evaluate.add_argument("--template", choices=("vicuna_v1", "llava_v1", "llama2", "tokenizer"))
-    evaluate.add_argument("--image-mode", choices=("pad", "crop"))
+    evaluate.add_argument("--template", choices=TEMPLATES)
+    evaluate.add_argument("--image-mode", choices=IMAGE_MODES)
     evaluate.add_argument("--max-new-tokens", type=int)
     evaluate.add_argument("--min-new-tokens", type=int, help="no stop token before this many new tokens")
     evaluate.add_argument("--temperature", type=float, help="0: greedy")
@@ -511,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", type=Path, required=True, help="the dataset's json file")
     check.add_argument("--images", type=Path, help="image root: a directory or a .zip archive")
     check.add_argument("--tokenizer", type=Path, help="tokenizer directory, for token-length statistics")
-    check.add_argument("--template", default="vicuna_v1", choices=("vicuna_v1", "llava_v1", "llama2", "tokenizer"))
+    check.add_argument("--template", default="vicuna_v1", choices=TEMPLATES)
     check.add_argument("--max-length", type=int, default=2048)
     check.add_argument("--num-image-tokens", type=int, default=576)
     check.add_argument("--out", type=Path, help="write the full report (every skip) as json here")

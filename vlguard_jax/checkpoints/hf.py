@@ -82,19 +82,26 @@ def _layouts() -> dict:
 
     return {
         "llava": (_resolve_llava_hf, (), "llava-hf layout"),
+        "minigpt_v2": (_resolve_minigptv2, (), "this project's MiniGPT-v2 layout (what export writes)"),
         "llava_llama": (resolve_original, ("vision_tower",), "original LLaVA, with vision_tower=CLIP_DIR"),
         "llama": (_resolve_plain_llama, ("vision_tower", "projector"),
-                  "LLaMA / Vicuna: text-only, or with vision_tower=CLIP_DIR and projector=LLaVA's stage-1 "
-                  "mm_projector.bin"),
+                  "LLaMA / Vicuna: text-only, with vision_tower=CLIP_DIR and projector=LLaVA's stage-1 "
+                  "mm_projector.bin, or (Llama-2-chat) with vision_tower=eva_vit_g.pth and "
+                  "projector=minigptv2_checkpoint.pth: MiniGPT-v2"),
     }
 
 
 def _resolve_plain_llama(path: Path, config_path: Path, config: dict, vision_tower, projector) -> ResolvedCheckpoint:
-    """A plain LLaMA: a text-only model, or with LLaVA's stage-1 parts the LLaVA they build."""
+    """A plain LLaMA: a text-only model, with LLaVA's stage-1 parts the LLaVA they build, or with MiniGPT-v2's parts
+    (an EVA weights file for the tower) MiniGPT-v2."""
     if vision_tower is None and projector is None:
         return _resolve_single(path, config_path, config, LlavaConfig.from_hf,
                                lambda key, llava: names.canonical_llama(key, llava.text.tie_word_embeddings))
+    from vlguard_jax.checkpoints.minigpt import is_eva, resolve_minigptv2
     from vlguard_jax.checkpoints.original import resolve_stage1
+
+    if vision_tower is not None and is_eva(vision_tower):
+        return resolve_minigptv2(path, config_path, config, vision_tower, projector)
 
     return resolve_stage1(path, config_path, config, vision_tower, projector)
 
@@ -102,6 +109,11 @@ def _resolve_plain_llama(path: Path, config_path: Path, config: dict, vision_tow
 def _resolve_llava_hf(path: Path, config_path: Path, config: dict) -> ResolvedCheckpoint:
     return _resolve_single(path, config_path, config, LlavaConfig.from_hf,
                            lambda key, _: names.canonical_llava_hf(key))
+
+
+def _resolve_minigptv2(path: Path, config_path: Path, config: dict) -> ResolvedCheckpoint:
+    """Written by `save_pretrained`: the canonical names themselves."""
+    return _resolve_single(path, config_path, config, LlavaConfig.from_hf, lambda key, _: key)
 
 
 def _resolve_single(path: Path, config_path: Path, config: dict, parse_config: Callable,
@@ -261,7 +273,7 @@ def _read(resolved: ResolvedCheckpoint, name: str, our_shape: tuple[int, ...]) -
 def save_pretrained(model: LlavaForConditionalGeneration, path: str | os.PathLike, *, dtype=None,
                     max_shard_bytes: int = 5 * 2**30) -> Path:
     """Writes llava-hf on-disk layout (safetensors shards + config.json) that transformers loads as is; a text-only
-    model as HF `LlamaForCausalLM`.
+    model as HF `LlamaForCausalLM`; a MiniGPT-v2 (EVA tower) in this project's `minigpt_v2` layout (canonical names).
 
     A model built from LLaVA's stage-1 parts keeps the LLM's vocabulary with `<image>` past its end, which
     transformers cannot look up: its embedding and lm_head get rows up to a multiple of 64 past `<image>`, as
@@ -270,7 +282,9 @@ def save_pretrained(model: LlavaForConditionalGeneration, path: str | os.PathLik
     hf_config = model.config.to_hf()  # fails early for configs llava-hf cannot express
     vocab = model.config.text.vocab_size
     text_only = model.config.vision is None  # written as HF `LlamaForCausalLM`
-    rows = vocab if model.config.image_token_id < vocab else -(-(model.config.image_token_id + 1) // 64) * 64
+    llava_hf = model.config.layout == "llava"  # transformers looks `<image>` up: it needs a row
+    rows = vocab if not llava_hf or model.config.image_token_id < vocab else \
+        -(-(model.config.image_token_id + 1) // 64) * 64
     if not text_only:
         hf_config["text_config"]["vocab_size"] = rows
     on_disk = names.llama_name if text_only else (lambda name: name)

@@ -53,7 +53,7 @@ def _leaf_kind(parent: str, leaf: str) -> str:
         return "conv"
     if parent in ("embed_tokens", "position_embedding"):
         return "embedding"
-    if "norm" in parent or "layrnorm" in parent:
+    if "norm" in parent or "layrnorm" in parent or parent == "ln_vision":
         return "norm"
     return "linear"
 

@@ -59,9 +59,28 @@ def _torch_load(path: Path) -> dict:
             f"(pip install torch) or convert the file to safetensors first."
         ) from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # a truncated or non-tensor pickle
         raise CheckpointError(f"{path}: not a readable PyTorch state dict ({e}); re-download the file") from e
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # LAVIS / MiniGPT: {"model": …, "optimizer": …}
+        state = state["model"]
+    return state
+
+
+class ArrayFile:
+    """Tensors made in memory (weights a checkpoint omits because its model fixes them), read like a `TensorFile`;
+    `path` says where they come from in error messages."""
+
+    def __init__(self, path: str, tensors: dict[str, np.ndarray]):
+        self.path = path
+        self._tensors = tensors
+        self.keys = list(tensors)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._tensors[key].shape
+
+    def read(self, key: str) -> np.ndarray:
+        return self._tensors[key]
 
 
 def _torch_to_numpy(t) -> np.ndarray:

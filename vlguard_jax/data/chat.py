@@ -37,7 +37,9 @@ _ALPACA = ("Below is an instruction that describes a task. Write a response that
 _ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
                  "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
                  "{instruction}\n\n### Input:\n{input}\n\n### Response:")
-TEMPLATES = ("vicuna_v1", "llava_v1", "llama2", "tokenizer", "alpaca")
+# MiniGPT-v2's task identifiers (its paper, Table 1), written before the instruction: "[vqa] What is …".
+MINIGPTV2_TASKS = {"minigptv2": "", "minigptv2_vqa": "[vqa] "}
+TEMPLATES = ("vicuna_v1", "llava_v1", "llama2", "tokenizer", "alpaca", *MINIGPTV2_TASKS)
 TOKENIZATION = "llava_legacy"  # pieces split at <image> and special tokens, each with its word-start `▁`
 
 
@@ -62,6 +64,8 @@ def render(turns: Sequence[Turn], template: str, image: bool, eos: str = "</s>",
     if template == "alpaca":
         return _render_alpaca(list(turns), image, eos)
     turns = [Turn(t.role, f"{t.text}\n{t.input}" if t.input else t.text) for t in turns]
+    if template in MINIGPTV2_TASKS:
+        return _render_minigptv2(turns, MINIGPTV2_TASKS[template], image, eos, add_generation_prompt)
     if image:
         turns[0] = Turn(turns[0].role, f"{IMAGE_PLACEHOLDER}\n{turns[0].text}")
     if template in ("vicuna_v1", "llava_v1"):
@@ -93,6 +97,30 @@ def _render_llama2(turns: list[Turn], eos: str) -> list[Segment]:
             segments.append(Segment(("" if i == 0 else "<s>") + f"[INST] {text} [/INST]", False))
         else:
             segments.append(Segment(f" {turn.text} {eos}", True))
+    return segments
+
+
+def _render_minigptv2(turns: list[Turn], task: str, image: bool, eos: str, prompt: bool) -> list[Segment]:
+    """MiniGPT-v2 (Vision-CAIR/MiniGPT-4), whose training and generation prompts differ, both reproduced:
+
+    - training (`minigpt_base.py` `prompt_wrap` + `tokenize_conversation`, datasets writing
+      `"<Img><ImageHere></Img> {} "`, `prompt_template` "[INST] {} [/INST]", end_sym `</s>`): BOS, then
+      `[INST] <Img><image></Img> q  [/INST]`, each answer tokenized on its own and ending in `</s>`, each later
+      question as `<s>[INST] q  [/INST]` (the dataset's trailing space makes the two spaces);
+    - generation (`CONV_VISION_minigptv2`, `Chat.ask`, `get_context_emb`): `<s>[INST] <Img><image></Img> q [/INST]`
+      tokenized with BOS added, so the prompt starts with two BOS tokens, as MiniGPT-v2's own does; earlier answers
+      follow their ` [/INST]` directly.
+    `task` (e.g. `[vqa] `) precedes the first instruction.
+    """
+    segments = []
+    for i, turn in enumerate(turns):
+        text = (f"<Img>{IMAGE_PLACEHOLDER}</Img> " if i == 0 and image else "") + (task if i == 0 else "") + turn.text
+        if turn.role == "assistant":
+            segments.append(Segment(turn.text if prompt else f" {turn.text}{eos}", not prompt))
+        elif prompt:
+            segments.append(Segment(f"<s>[INST] {text} [/INST]", False))
+        else:
+            segments.append(Segment(("<s>" if i else "") + f"[INST] {text}  [/INST]", False))
     return segments
 
 

@@ -1,7 +1,7 @@
 """Image loading and CLIP preprocessing, bit-identical to transformers' PIL image processors.
 
 `preprocess` repeats `LlavaImageProcessorPil(do_pad=True)` ("pad", LLaVA-1.5) and `CLIPImageProcessorPil` ("crop")
-step for step: RGB conversion (transparency composited onto white), optional pad to a square filled with
+step for step, or MiniGPT-v2's `Blip2ImageEvalProcessor` ("resize": the whole image squeezed to a square, no crop): RGB conversion (transparency composited onto white), optional pad to a square filled with
 `int(255 * mean)`, PIL bicubic resize of the shortest edge on uint8, centre crop, `float64 * (1/255)` cast to
 float32, then `(x - mean) / std` in float32. `ImageSource` reads images from a directory or a zip archive as
 LLaVA's training and evaluation and VLGuard's evaluation read them, `Image.open(path).convert('RGB')` (alpha
@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-MODES = ("pad", "crop")
+MODES = ("pad", "crop", "resize")
 MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
 _RESCALE = 1 / 255  # transformers' rescale_factor; multiplying (not dividing) keeps the same float64 rounding
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises for bad or cut-off image data
@@ -38,7 +38,7 @@ class ImageError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class ImageConfig:
     size: int = 336
-    mode: str = "pad"  # "pad": LLaVA-1.5 pad-to-square; "crop": plain CLIP resize + centre crop
+    mode: str = "pad"  # "pad": LLaVA-1.5 pad-to-square; "crop": plain CLIP resize + centre crop; "resize": MiniGPT-v2
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
@@ -71,6 +71,8 @@ def preprocess(image: Image.Image, config: ImageConfig, max_pixels: int = MAX_PI
     short, long = min(height, width), max(height, width)
     new_long = int(config.size * long / short)  # transformers' get_resize_output_image_size, truncating
     new_width, new_height = (config.size, new_long) if width <= height else (new_long, config.size)
+    if config.mode == "resize":  # torchvision's Resize((size, size), BICUBIC) on the PIL image
+        new_width = new_height = config.size
     _check_buffer(image, f"resized to {new_width}x{new_height}", new_width * new_height, max_pixels)
     resized = np.asarray(Image.fromarray(pixels).resize((new_width, new_height), Image.Resampling.BICUBIC))
     top, left = (new_height - config.size) // 2, (new_width - config.size) // 2

@@ -19,7 +19,7 @@ from vlguard_jax.generate import SamplingConfig
 class Protocol:
     name: str
     template: str  # data.chat template of the prompt
-    image_mode: str  # data.images mode: "crop" (CLIP resize + centre crop) or "pad" (pad to a square first)
+    image_mode: str  # data.images mode: "crop" (CLIP resize + centre crop), "pad" (pad to a square first), "resize"
     max_new_tokens: int
     min_new_tokens: int = 0
     temperature: float = 0.0  # 0: greedy
@@ -53,6 +53,11 @@ PROTOCOLS = {
     # 336, centre crop, no padding); generate(do_sample=False, max_new_tokens=256, min_new_tokens=1); the keyword
     # judge of utils/utils.py.
     "vlguard": Protocol("vlguard", template="llava_v1", image_mode="crop", max_new_tokens=256, min_new_tokens=1),
+    # VLGuard's protocol for its second model, MiniGPT-v2, as MiniGPT-v2's own code prompts it (Vision-CAIR/MiniGPT-4
+    # conversation.py CONV_VISION_minigptv2 and minigpt_base.py generate: `<s>[INST] <Img><ImageHere></Img> [vqa] q
+    # [/INST]`, Blip2ImageEvalProcessor's 448-px bicubic resize, greedy, min_length 1), VLGuard's 256 new tokens.
+    "vlguard_minigptv2": Protocol("vlguard_minigptv2", template="minigptv2_vqa", image_mode="resize",
+                                  max_new_tokens=256, min_new_tokens=1),
     # haotian-liu/LLaVA llava/eval/model_vqa_loader.py as scripts/v1_5/eval/*.sh run it: `--conv-mode vicuna_v1`,
     # `--temperature 0`, its default 128 new tokens; process_images pads to a square of the CLIP mean colour
     # (`image_aspect_ratio: pad`).

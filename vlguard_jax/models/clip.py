@@ -1,4 +1,4 @@
-"""CLIP ViT vision tower (the `vision_tower.vision_model` of llava-hf checkpoints)."""
+"""CLIP ViT vision tower (the `vision_tower.vision_model` of llava-hf checkpoints); its parts also build EVA's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from vlguard_jax.parallel import constrain
 
 
 class ClipEmbeddings(nnx.Module):
-    """Patch convolution (no bias) + class token + learned positions."""
+    """Patch convolution (with a bias where the config's tower has one) + class token + learned positions."""
 
     def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.patch_size = cfg.patch_size
@@ -40,6 +40,8 @@ class ClipPatchConv(nnx.Module):
         p = cfg.patch_size
         self.kernel = param(rngs, nnx.initializers.lecun_normal(), (p, p, cfg.num_channels, cfg.hidden_size),
                             param_dtype, (None, None, None, "embed"))
+        self.bias = param(rngs, nnx.initializers.zeros, (cfg.hidden_size,), param_dtype, (None,)) \
+            if cfg.patch_bias else None
 
     def __call__(self, pixel_values: jax.Array) -> jax.Array:
         x = jnp.transpose(pixel_values, (0, 2, 3, 1))  # NCHW (the processor's layout) → NHWC
@@ -47,18 +49,19 @@ class ClipPatchConv(nnx.Module):
         # fsdp-split kernel gave them split by feature and the move to batch-split rows replicated them whole.
         kernel = constrain(self.kernel[...], (None,) * 4).astype(x.dtype)
         stride = kernel.shape[:2]
-        return jax.lax.conv_general_dilated(x, kernel, stride, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        out = jax.lax.conv_general_dilated(x, kernel, stride, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return out if self.bias is None else out + self.bias[...].astype(out.dtype)
 
 
 class ClipAttention(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         d = cfg.hidden_size
         self.num_heads = cfg.num_heads
-        kw = dict(use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.q_proj = Linear(d, d, ("embed", "heads"), **kw)
-        self.k_proj = Linear(d, d, ("embed", "heads"), **kw)
-        self.v_proj = Linear(d, d, ("embed", "heads"), **kw)
-        self.out_proj = Linear(d, d, ("heads", "embed"), **kw)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = Linear(d, d, ("embed", "heads"), use_bias=True, **kw)
+        self.k_proj = Linear(d, d, ("embed", "heads"), use_bias=cfg.key_bias, **kw)
+        self.v_proj = Linear(d, d, ("embed", "heads"), use_bias=True, **kw)
+        self.out_proj = Linear(d, d, ("heads", "embed"), use_bias=True, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape

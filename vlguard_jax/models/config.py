@@ -7,7 +7,8 @@ own config: library defaults differ from the values LLaVA was trained with (e.g.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import re
+from typing import Any, ClassVar
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -15,6 +16,11 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
     """CLIP ViT vision tower."""
+
+    tower: ClassVar[str] = "clip"  # `models.llava.VISION_TOWERS` key
+    model_type: ClassVar[str] = "clip_vision_model"
+    patch_bias: ClassVar[bool] = False  # the patch convolution's bias
+    key_bias: ClassVar[bool] = True  # the attention key projection's bias
 
     hidden_size: int = 1024
     intermediate_size: int = 4096
@@ -46,7 +52,7 @@ class VisionConfig:
 
     def to_hf(self) -> dict[str, Any]:
         return {
-            "model_type": "clip_vision_model",
+            "model_type": self.model_type,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
             "num_hidden_layers": self.num_layers,
@@ -57,6 +63,39 @@ class VisionConfig:
             "layer_norm_eps": self.layer_norm_eps,
             "hidden_act": self.hidden_act,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaVisionConfig(VisionConfig):
+    """EVA-CLIP ViT-g/14 as MiniGPT-v2 builds it (LAVIS `eva_vit.py`, `create_eva_vit_g`): CLIP's pre-norm blocks
+    with a patch-convolution bias, q and v biases but no k bias, exact GELU, LayerNorm eps 1e-6 and no norm before
+    the blocks; 39 of the checkpoint's 40 blocks; the output goes through MiniGPT-v2's `ln_vision` (torch's default
+    eps). Defaults are MiniGPT-v2's tower at 448 px."""
+
+    tower: ClassVar[str] = "eva"
+    model_type: ClassVar[str] = "eva_vit"
+    patch_bias: ClassVar[bool] = True
+    key_bias: ClassVar[bool] = False
+
+    hidden_size: int = 1408
+    intermediate_size: int = 6144  # int(1408 * 4.3637)
+    num_layers: int = 39
+    num_heads: int = 16
+    image_size: int = 448
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu"
+    ln_vision_eps: float = 1e-5
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> EvaVisionConfig:
+        renamed = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
+        return cls(**{f.name: d.get(renamed.get(f.name, f.name), f.default) for f in dataclasses.fields(cls)})
+
+    def to_hf(self) -> dict[str, Any]:
+        return {**super().to_hf(), "ln_vision_eps": self.ln_vision_eps}
+
+
+VISION_CONFIGS = {c.model_type: c for c in (VisionConfig, EvaVisionConfig)}  # a vision_config's model_type → class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,15 +181,32 @@ class TextConfig:
 
 TEXT_ONLY_IMAGE_TOKEN = -1  # a text-only model's image token id: no token id matches it
 
+# projector_type → (adjacent visual tokens concatenated into one, linear layers with GELU between them)
+PROJECTOR_TYPES = {
+    re.compile(r"linear"): lambda m: (1, 1),
+    re.compile(r"mlp(\d+)x_gelu"): lambda m: (1, int(m[1])),  # LLaVA-1.5: mlp2x_gelu
+    re.compile(r"concat(\d+)"): lambda m: (int(m[1]), 1),  # MiniGPT-v2: concat4, then `llama_proj`
+}
+
+# config.json model_type of each vision-language layout: its `architectures` entry and what its config may omit.
+LAYOUTS = {
+    "llava": dict(architecture="LlavaForConditionalGeneration", vision="clip_vision_model",
+                  projector_type="mlp2x_gelu", vision_feature_layer=-2),
+    "minigpt_v2": dict(architecture="MiniGPTv2ForConditionalGeneration", vision="eva_vit",
+                       projector_type="concat4", vision_feature_layer=-1),
+}
+_LAYOUT_OF_TOWER = {"clip": "llava", "eva": "minigpt_v2"}
+
 
 @dataclasses.dataclass(frozen=True)
 class LlavaConfig:
-    """The whole vision-language model: tower, projector, decoder and how they are glued. Without `vision` it is a
-    text-only language model (HF `LlamaForCausalLM`): the same decoder, no tower, no projector, no image token."""
+    """The whole vision-language model: tower, projector, decoder and how they are glued (LLaVA's CLIP + MLP, or
+    MiniGPT-v2's EVA + concatenating projector, by the checkpoint's config). Without `vision` it is a text-only
+    language model (HF `LlamaForCausalLM`): the same decoder, no tower, no projector, no image token."""
 
     vision: VisionConfig | None = VisionConfig()
     text: TextConfig = TextConfig()
-    projector_type: str = "mlp2x_gelu"  # "linear" or "mlp{N}x_gelu"
+    projector_type: str = "mlp2x_gelu"  # a `PROJECTOR_TYPES` pattern: linear, mlp{N}x_gelu, concat{N}
     projector_bias: bool = True
     image_token_id: int = 32000
     vision_feature_layer: int = -2
@@ -174,15 +230,28 @@ class LlavaConfig:
                 f"vision_feature_layer {self.vision_feature_layer} is out of range for a "
                 f"{self.vision.num_layers}-layer vision tower"
             )
-        self.projector_depth  # validates projector_type
+        tokens = self.vision.num_patches + (self.vision_feature_select_strategy == "full")
+        if tokens % self.projector_group:
+            raise ValueError(f"projector {self.projector_type!r} concatenates {self.projector_group} visual tokens "
+                             f"but the tower gives {tokens}, not a multiple of it")
+
+    @property
+    def projector_shape(self) -> tuple[int, int]:
+        """(visual tokens concatenated per image token, linear layers)."""
+        for pattern, shape in PROJECTOR_TYPES.items():
+            match = pattern.fullmatch(self.projector_type)
+            if match:
+                return shape(match)
+        raise ValueError(f"projector type {self.projector_type!r} is not supported (use 'linear', 'mlp2x_gelu' or "
+                         f"'concat4')")
 
     @property
     def projector_depth(self) -> int:
-        if self.projector_type == "linear":
-            return 1
-        if self.projector_type.startswith("mlp") and self.projector_type.endswith("x_gelu"):
-            return int(self.projector_type[3:-6])
-        raise ValueError(f"projector type {self.projector_type!r} is not supported (use 'linear' or 'mlp2x_gelu')")
+        return self.projector_shape[1]
+
+    @property
+    def projector_group(self) -> int:
+        return self.projector_shape[0]
 
     @property
     def feature_layer_index(self) -> int:
@@ -194,7 +263,7 @@ class LlavaConfig:
     def num_image_tokens(self) -> int:
         if self.vision is None:
             return 0
-        return self.vision.num_patches + (self.vision_feature_select_strategy == "full")
+        return (self.vision.num_patches + (self.vision_feature_select_strategy == "full")) // self.projector_group
 
     @classmethod
     def text_only(cls, text: TextConfig) -> LlavaConfig:
@@ -202,36 +271,54 @@ class LlavaConfig:
 
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> LlavaConfig:
-        """From a llava-hf `config.json` (model_type "llava"), or a LLaMA one (model_type "llama": text-only)."""
-        if d.get("model_type") == "llama":
+        """From a llava-hf `config.json` (model_type "llava", the default), this project's MiniGPT-v2 one
+        ("minigpt_v2"), or a LLaMA one ("llama": text-only)."""
+        model_type = d.get("model_type", "llava")
+        if model_type == "llama":
             return cls.text_only(TextConfig.from_hf(d))
+        if model_type not in LAYOUTS:
+            raise ValueError(f"model_type {model_type!r} is not a vision-language layout ({', '.join(LAYOUTS)}) "
+                             f"nor 'llama'")
+        layout = LAYOUTS[model_type]
         act = d.get("projector_hidden_act", "gelu")
         if act != "gelu":
             raise ValueError(f"projector_hidden_act {act!r} is not supported (LLaVA uses 'gelu')")
+        vision = d.get("vision_config") or {}
+        vision_type = vision.get("model_type", layout["vision"])
+        if vision_type not in VISION_CONFIGS:
+            raise ValueError(f"vision_config model_type {vision_type!r} is not supported ({', '.join(VISION_CONFIGS)})")
         return cls(
-            vision=VisionConfig.from_hf(d.get("vision_config") or {}),
+            vision=VISION_CONFIGS[vision_type].from_hf(vision),
             text=TextConfig.from_hf(d.get("text_config") or {}),
-            projector_type="mlp2x_gelu",
+            projector_type=d.get("projector_type", layout["projector_type"]),
             projector_bias=bool(d.get("multimodal_projector_bias", True)),
             image_token_id=d.get("image_token_id", d.get("image_token_index", 32000)),
-            vision_feature_layer=d.get("vision_feature_layer", -2),
+            vision_feature_layer=d.get("vision_feature_layer", layout["vision_feature_layer"]),
             vision_feature_select_strategy=d.get("vision_feature_select_strategy", "default"),
         )
 
+    @property
+    def layout(self) -> str:
+        """The `LAYOUTS` entry its config.json is written in (a text-only model: 'llama')."""
+        return "llama" if self.vision is None else _LAYOUT_OF_TOWER[self.vision.tower]
+
     def to_hf(self) -> dict[str, Any]:
         """A llava-hf `config.json` that `transformers.LlavaConfig` reads back to the same model (a text-only
-        model's: a `LlamaForCausalLM` one)."""
+        model's: a `LlamaForCausalLM` one; an EVA-tower model's: this project's `minigpt_v2` one)."""
         if self.vision is None:
             return {"architectures": ["LlamaForCausalLM"], **self.text.to_hf()}
-        if self.projector_type != "mlp2x_gelu":
+        layout = self.layout
+        if layout == "llava" and self.projector_type != "mlp2x_gelu":
             raise ValueError(
                 f"the llava-hf layout only represents the 'mlp2x_gelu' projector, not {self.projector_type!r}"
             )
+        extra = {} if layout == "llava" else {"projector_type": self.projector_type}
         return {
-            "architectures": ["LlavaForConditionalGeneration"],
-            "model_type": "llava",
+            "architectures": [LAYOUTS[layout]["architecture"]],
+            "model_type": layout,
             "vision_config": self.vision.to_hf(),
             "text_config": self.text.to_hf(),
+            **extra,
             "image_token_index": self.image_token_id,
             "image_seq_length": self.num_image_tokens,
             "projector_hidden_act": "gelu",
@@ -260,4 +347,7 @@ KNOWN_ARCHITECTURES = {
     # Llama-2-7b(-chat), text-only: the harmful-fine-tuning configs' model
     "llama-2-7b": LlavaConfig.text_only(dataclasses.replace(_llava15(4096, 11008, 32, 32, stage1=True).text,
                                                             pad_token_id=None)),
+    # MiniGPT-v2: EVA-CLIP ViT-g at 448 px, 4 tokens concatenated per image token (256), Llama-2-7b-chat
+    "minigpt-v2": LlavaConfig(vision=EvaVisionConfig(), text=_llava15(4096, 11008, 32, 32, stage1=True).text,
+                              projector_type="concat4", image_token_id=32000, vision_feature_layer=-1),
 }

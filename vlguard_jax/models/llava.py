@@ -1,4 +1,6 @@
-"""LLaVA: CLIP tower → MLP projector → LLaMA decoder, with image features spliced over image-token positions.
+"""LLaVA-style models: vision tower → projector → LLaMA decoder, with image features spliced over image-token
+positions. The parts come from the config through two tables: the tower (`VISION_TOWERS`: LLaVA's CLIP, MiniGPT-v2's
+EVA) and the projector's shape (`LlavaConfig.projector_shape`: LLaVA's MLP, MiniGPT-v2's concatenate-and-project).
 
 Input ids follow the Hugging Face convention: each image occupies `config.num_image_tokens` copies of
 `config.image_token_id`, and the features of the images in `pixel_values` fill those positions in row-major
@@ -14,18 +16,24 @@ from flax import nnx
 
 from vlguard_jax.models.clip import ClipVisionTower
 from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.eva import EvaVisionTower
 from vlguard_jax.models.layers import Linear, activation
 from vlguard_jax.models.llama import KVCache, LlamaForCausalLM
 from vlguard_jax.parallel import constrain
 
 
+VISION_TOWERS = {"clip": ClipVisionTower, "eva": EvaVisionTower}  # `VisionConfig.tower` → module
+
+
 class Projector(nnx.Module):
-    """`linear` or `mlp{N}x_gelu`: `linear_1 → gelu → linear_2 …` (HF `multi_modal_projector`)."""
+    """`linear` or `mlp{N}x_gelu`: `linear_1 → gelu → linear_2 …` (HF `multi_modal_projector`); `concat{N}`: every N
+    adjacent visual tokens concatenated into one (row-major, as MiniGPT-v2's `view(b, t // N, d * N)`), then
+    `linear_1` (MiniGPT-v2's `llama_proj`)."""
 
     def __init__(self, cfg: LlavaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.depth = cfg.projector_depth
+        self.group, self.depth = cfg.projector_shape
         self.act = activation("gelu")
-        d_in = cfg.vision.hidden_size
+        d_in = cfg.vision.hidden_size * self.group
         d_out = cfg.text.hidden_size
         for i in range(1, self.depth + 1):
             layer = Linear(d_in if i == 1 else d_out, d_out, ("embed", "mlp") if i == 1 else ("mlp", "embed"),
@@ -36,6 +44,8 @@ class Projector(nnx.Module):
         """Each layer's output split by image as the batch is (its weights gathered, as in FSDP): left to XLA, the
         output of a tensor-parallel projector came out split by feature, and moving it to the batch-split rows it
         is spliced into replicated it whole (an involuntary full rematerialization)."""
+        images, tokens, width = x.shape
+        x = x.reshape(images, tokens // self.group, width * self.group)
         for i in range(1, self.depth + 1):
             x = getattr(self, f"linear_{i}")(x if i == 1 else self.act(x))
             x = constrain(x, ("batch", "length", "mlp" if i < self.depth else "act_embed"))
@@ -67,7 +77,7 @@ class LlavaForConditionalGeneration(nnx.Module):
         self.config = config
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         text_only = config.vision is None  # a language model alone: same decoder, same parameter paths
-        self.vision_tower = None if text_only else ClipVisionTower(config.vision, remat=remat, **kw)
+        self.vision_tower = None if text_only else VISION_TOWERS[config.vision.tower](config.vision, remat=remat, **kw)
         self.multi_modal_projector = None if text_only else Projector(config, **kw)
         self.language_model = LlamaForCausalLM(config.text, remat=remat, **kw)
 

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from vlguard_jax.config import Config, ConfigError
 from vlguard_jax.data.sources import IMAGE_PLACEHOLDER
-from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.config import LAYOUTS, LlavaConfig
 from vlguard_jax.models.llama import set_attention_chunk
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.models.lora import LoraConfig, apply_lora
@@ -117,7 +117,7 @@ def model_config(config: Config, tokenizer=None) -> LlavaConfig:
 
         config_path, raw = read_config(config.model.path)
         m = config.model  # any other layout, or separate parts: their configs (or their misuse) matter too
-        if (raw.get("model_type"), m.vision_tower, m.projector) != ("llava", None, None):
+        if raw.get("model_type") not in LAYOUTS or (m.vision_tower, m.projector) != (None, None):
             return resolve(config).config
         try:  # config.json alone: a plan needs no weights
             return LlavaConfig.from_hf(raw)
