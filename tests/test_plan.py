@@ -9,9 +9,9 @@ from flax import nnx
 
 from tests.train_fixtures import TINY
 from vlguard_jax.config import config_from_dict
-from vlguard_jax.models.config import KNOWN_ARCHITECTURES, LlavaConfig, TextConfig, VisionConfig
+from vlguard_jax.models.config import KNOWN_ARCHITECTURES, EvaVisionConfig, LlavaConfig, TextConfig, VisionConfig
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
-from vlguard_jax.models.lora import LoraConfig, apply_lora
+from vlguard_jax.models.lora import DEFAULT_TARGETS, LoraConfig, apply_lora
 from vlguard_jax.plan import plan, train_flops
 from vlguard_jax.train.setup import make_model
 from vlguard_jax.train.optimizer import OptimizerConfig, build_optimizer
@@ -33,21 +33,40 @@ def test_llava15_7b_shapes_have_the_published_parameter_counts():
     assert _count(nnx.state(model, nnx.LoRAParam)) == 319_815_680
 
 
-def _one_layer_model() -> LlavaConfig:
+def test_minigptv2_shapes_have_upstreams_parameter_counts():
+    """EVA-CLIP ViT-g as `create_eva_vit_g(448)` builds it (upstream's definition, on torch's meta device) plus
+    `ln_vision`; `llama_proj`; Llama-2-7b; MiniGPT-v2's LoRA (r 64 on q_proj and v_proj)."""
+    torch = pytest.importorskip("torch")
+    from minigpt_fixtures import EvaReference
+
+    with torch.device("meta"):
+        eva = EvaReference(448, 39, patch_size=14, embed_dim=1408, num_heads=16, mlp_ratio=4.3637)
+    model = nnx.eval_shape(lambda: LlavaForConditionalGeneration(KNOWN_ARCHITECTURES["minigpt-v2"], rngs=nnx.Rngs(0)))
+    assert _count(nnx.state(model.vision_tower)) == sum(p.numel() for p in eva.parameters()) + 2 * 1408
+    assert _count(nnx.state(model.multi_modal_projector)) == 4 * 1408 * 4096 + 4096
+    assert _count(nnx.state(model.language_model)) == 6_738_415_616
+    apply_lora(model, LoraConfig(rank=64, targets=r"language_model\.model\.layers\.self_attn\.(q|v)_proj"),
+               nnx.Rngs(1))
+    assert _count(nnx.state(model, nnx.LoRAParam)) == 32 * 2 * 64 * (4096 + 4096)
+
+
+def _one_layer_model(tower: str = "clip") -> LlavaConfig:
     """Matmul-dominated widths, one layer each, the last vision layer read (so the tower runs it)."""
-    vision = VisionConfig(hidden_size=128, intermediate_size=512, num_layers=1, num_heads=4, image_size=32,
-                          patch_size=8)
+    shape = dict(hidden_size=128, intermediate_size=512, num_layers=1, num_heads=4, image_size=32, patch_size=8)
+    vision = VisionConfig(**shape) if tower == "clip" else EvaVisionConfig(**shape)
     text = TextConfig(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_layers=1, num_heads=4,
                       num_kv_heads=2, head_dim=64, max_position_embeddings=512)
-    return LlavaConfig(vision=vision, text=text, image_token_id=1000, vision_feature_layer=-1)
+    return LlavaConfig(vision=vision, text=text, image_token_id=1000, vision_feature_layer=-1,
+                       projector_type="mlp2x_gelu" if tower == "clip" else "concat4")
 
 
-@pytest.mark.parametrize("mode", ["lora", "full"])
-def test_train_flops_formula_matches_xla_cost_analysis(mode):
-    llava, rows, length, rank = _one_layer_model(), 4, 128, 16
+@pytest.mark.parametrize("mode,tower,targets", [("lora", "clip", DEFAULT_TARGETS), ("full", "clip", DEFAULT_TARGETS),
+                                                ("lora", "eva", r"language_model\.model\.layers\.self_attn\.(q|v)_proj")])
+def test_train_flops_formula_matches_xla_cost_analysis(mode, tower, targets):
+    llava, rows, length, rank = _one_layer_model(tower), 4, 128, 16
     model = LlavaForConditionalGeneration(llava, rngs=nnx.Rngs(0))
     if mode == "lora":
-        apply_lora(model, LoraConfig(rank=rank, dropout=0.0), nnx.Rngs(1))
+        apply_lora(model, LoraConfig(rank=rank, dropout=0.0, targets=targets), nnx.Rngs(1))
     graphdef, trainable, frozen = split_model(model, mode)
     params = nnx.to_pure_dict(trainable)
     tx = build_optimizer(OptimizerConfig(), params, total_steps=10)
@@ -58,7 +77,7 @@ def test_train_flops_formula_matches_xla_cost_analysis(mode):
              "pixel_values": jax.ShapeDtypeStruct((rows, 3, 32, 32), jnp.float32)}
     compiled = jax.jit(make_train_step(graphdef, trainable, tx, dropout=False)).lower(state, frozen, batch).compile()
     xla = compiled.cost_analysis()["flops"]
-    ours = train_flops(llava, mode, rows, length, rank)
+    ours = train_flops(llava, mode, rows, length, rank, targets)
     assert abs(ours - xla) / xla < 0.10, (ours, xla)
 
 
@@ -98,3 +117,23 @@ def test_plan_on_8_devices_divides_parameter_bytes_by_the_shards(mode):
     assert eight["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
     assert eight["model_flops_per_step"] == one["model_flops_per_step"] > 0
     assert eight["per_device_bytes"]["peak"] < one["per_device_bytes"]["peak"]
+
+
+def test_minigptv2_recipe_plans_on_8_devices():
+    """`plan --config configs/minigptv2_posthoc_lora.yaml --architecture minigpt-v2 --devices 8`: the 7B step,
+    compiled for 8 devices, holds an eighth of the weights, adapters and llama_proj on each."""
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (virtual) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    from pathlib import Path
+
+    from vlguard_jax.config import load_config
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "minigptv2_posthoc_lora.yaml")
+    result = plan(config, 8, "minigpt-v2")
+    per_device = result["per_device_bytes"]
+    trainable = 32 * 2 * 64 * (4096 + 4096) + 4 * 1408 * 4096 + 4096  # LoRA on q, v and llama_proj, in fp32
+    assert trainable * 4 / 8 <= per_device["trainable_params"] < trainable * 4 / 8 * 1.01
+    frozen_bf16 = (6_738_415_616 + 1_010_000_000) * 2  # Llama-2-7b and the 39-block EVA-g, about
+    assert 0.95 < per_device["frozen_params"] * 8 / frozen_bf16 < 1.05
+    assert per_device["peak"] > per_device["frozen_params"] + per_device["optimizer_state"]
+    assert result["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}

@@ -14,6 +14,7 @@ Model FLOPs are counted analytically (`train_flops`): XLA's own count sees each 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ from jax.sharding import NamedSharding
 
 from vlguard_jax.config import Config, ConfigError
 from vlguard_jax.models.config import KNOWN_ARCHITECTURES, LlavaConfig
+from vlguard_jax.models.lora import DEFAULT_TARGETS
 from vlguard_jax.parallel import logical_to_spec
 from vlguard_jax.reshard_check import captured_reshards
 from vlguard_jax.topology import Verdict, compile_verdict, device_kind, slice_devices
@@ -85,7 +87,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
         xla_flops = float((verdict.compiled.cost_analysis() or {}).get("flops", 0.0))
     peak = per_device["peak"]
     tokens = t.global_batch_size * config.data.max_length
-    flops = train_flops(llava, t.mode, t.global_batch_size, config.data.max_length, t.lora.rank)
+    flops = train_flops(llava, t.mode, t.global_batch_size, config.data.max_length, t.lora.rank, t.lora.targets)
     result = {
         "devices": len(devices), "mesh": dict(mesh.shape), "mode": t.mode, "global_batch": t.global_batch_size,
         "accum_steps": t.accum_steps, "per_device_batch": rows,
@@ -194,13 +196,15 @@ def _abstract_batch(llava: LlavaConfig, config: Config, mesh) -> dict:
     return batch
 
 
-def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_rank: int) -> float:
+def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_rank: int,
+                lora_targets: str = DEFAULT_TARGETS) -> float:
     """Model FLOPs of one training step (one image per row), counting multiply-adds as 2.
 
     Decoder matmuls cost 2·params per token forward; backward costs 2× forward when weights train (full) and
     1× when they are frozen (LoRA: activation gradients only, no weight gradients). Attention (QKᵀ, AV) costs
     4·T·(heads·head_dim) per token per layer forward and 2× that backward either way. The frozen vision tower
-    runs forward only, over the layers LLaVA reads; the projector always trains.
+    runs forward only, over the layers LLaVA reads; the projector always trains. LoRA adapters count on the
+    decoder projections `lora_targets` matches.
     """
     text, vision = llava.text, llava.vision
     q, kv = text.num_heads * text.head_dim, text.num_kv_heads * text.head_dim
@@ -210,10 +214,12 @@ def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_ran
     backward = 2 if mode == "full" else 1
     tokens = rows * seq_len
     llm = tokens * (2 * dense * (1 + backward) + attention * 3)
-    if mode == "lora":  # adapters on q,k,v,o,gate,up,down: forward, activation and weight gradients
+    if mode == "lora":  # each adapter: forward, activation and weight gradients
         d, f = text.hidden_size, text.intermediate_size
-        adapter = lora_rank * ((d + q) + 2 * (d + kv) + (q + d) + 2 * (d + f) + (f + d))
-        llm += tokens * 2 * adapter * text.num_layers * 3
+        widths = {"self_attn.q_proj": d + q, "self_attn.k_proj": d + kv, "self_attn.v_proj": d + kv,
+                  "self_attn.o_proj": q + d, "mlp.gate_proj": d + f, "mlp.up_proj": d + f, "mlp.down_proj": f + d}
+        adapted = [w for name, w in widths.items() if re.fullmatch(lora_targets, f"language_model.model.layers.{name}")]
+        llm += tokens * 2 * lora_rank * sum(adapted) * text.num_layers * 3
     if vision is None:  # a text-only model
         return float(llm)
     patches = vision.num_patches

@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 from flax import nnx
 from jax.sharding import Mesh
 
+from vlguard_jax.config import ConfigError
 from vlguard_jax.data.chat import ChatTokenizer, SampleError
 from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource
 from vlguard_jax.data.sources import Turn
@@ -78,6 +79,11 @@ def evaluate_adapters(model, adapters: Sequence[nnx.State] | None, tokenizer, be
         if writer and fingerprint is not None:
             run_record.claim(out_dir, fingerprint)
     protocol = config.protocol
+    try:
+        model.config.check_template(protocol.template)
+    except ValueError as e:
+        raise ConfigError(f"protocol {protocol.name}: {e} (the vlguard_minigptv2 protocol prompts MiniGPT-v2 as "
+                          f"MiniGPT-v2's own code does)") from None
     chat = ChatTokenizer(tokenizer, protocol.template, model.config.num_image_tokens, max_length=2**31 - 1)
     pad_id, stop_ids = tokenizer.pad_token_id or 0, [tokenizer.eos_token_id]
     engine = Engine(model, pad_id=pad_id, stop_ids=stop_ids, slots=config.batch_size * len(runs), mesh=mesh,
@@ -160,7 +166,7 @@ def with_adapter(model, adapter: nnx.State):
 def eval_mesh(spec: str | None, batch_size: int) -> Mesh:
     """`--mesh data=2,fsdp=4`: unnamed axes are 1, except fsdp, which takes the remaining devices. Default: fsdp
     over as many devices as the batch divides over, tensor over the rest."""
-    from vlguard_jax.config import ConfigError, load_config
+    from vlguard_jax.config import load_config
     from vlguard_jax.train.setup import mesh_for
 
     if spec:

@@ -188,12 +188,14 @@ PROJECTOR_TYPES = {
     re.compile(r"concat(\d+)"): lambda m: (int(m[1]), 1),  # MiniGPT-v2: concat4, then `llama_proj`
 }
 
-# config.json model_type of each vision-language layout: its `architectures` entry and what its config may omit.
+# config.json model_type of each vision-language layout: its `architectures` entry, what its config may omit, and
+# the prompt templates (`data.chat`) of its family.
 LAYOUTS = {
     "llava": dict(architecture="LlavaForConditionalGeneration", vision="clip_vision_model",
-                  projector_type="mlp2x_gelu", vision_feature_layer=-2),
+                  projector_type="mlp2x_gelu", vision_feature_layer=-2,
+                  templates=("vicuna_v1", "llava_v1", "llama2", "tokenizer", "alpaca")),
     "minigpt_v2": dict(architecture="MiniGPTv2ForConditionalGeneration", vision="eva_vit",
-                       projector_type="concat4", vision_feature_layer=-1),
+                       projector_type="concat4", vision_feature_layer=-1, templates=("minigptv2", "minigptv2_vqa")),
 }
 _LAYOUT_OF_TOWER = {"clip": "llava", "eva": "minigpt_v2"}
 
@@ -301,6 +303,14 @@ class LlavaConfig:
     def layout(self) -> str:
         """The `LAYOUTS` entry its config.json is written in (a text-only model: 'llama')."""
         return "llama" if self.vision is None else _LAYOUT_OF_TOWER[self.vision.tower]
+
+    def check_template(self, template: str) -> None:
+        """Refuses a prompt template of another family: each puts the image its own way (`<image>\\n` before
+        LLaVA's question, `<Img><image></Img>` inside MiniGPT-v2's `[INST]`)."""
+        allowed = () if self.vision is None else LAYOUTS[self.layout]["templates"]
+        if allowed and template not in allowed:
+            raise ValueError(f"template {template!r} is not a prompt format of this {self.layout} model; use "
+                             f"{' or '.join(allowed)}")
 
     def to_hf(self) -> dict[str, Any]:
         """A llava-hf `config.json` that `transformers.LlavaConfig` reads back to the same model (a text-only

@@ -95,6 +95,10 @@ def _train(config: Config, workdir: Path, mesh, stop: Preemption, progress: bool
     write_run_files(config, workdir, primary)
     tokenizer = load_tokenizer(config, tokenizer_dir(config, workdir))
     llava = model_config(config, tokenizer)
+    try:
+        llava.check_template(config.data.template)
+    except ValueError as e:
+        raise ConfigError(f"data.template: {e}") from None
     chat = ChatTokenizer(tokenizer, config.data.template, llava.num_image_tokens, config.data.max_length,
                          config.data.truncation)
     record_tokenization(chat, workdir, primary)
