@@ -4,6 +4,7 @@ the evaluation workload generates exactly the scheduled lengths; `run` reports t
 import importlib.util
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -40,6 +41,41 @@ def test_bench_batch_gives_both_stacks_the_same_loss(tmp_path):
                                     row_images=True)
     nll, count = chunked_cross_entropy_sums(hidden, batch["labels"], model.language_model.logits, 16)
     np.testing.assert_allclose(float(nll / count), theirs_loss, rtol=1e-5)
+
+
+def test_minigpt_bench_stacks_give_the_same_loss(tmp_path):
+    """The PyTorch MiniGPT-v2's weights, written as MiniGPT-v2's released parts (eva_vit_g.pth, a LLaMA directory,
+    the checkpoint with llama_proj and ln_vision), load into ours and give its loss on the bench batch."""
+    torch = pytest.importorskip("torch")
+    from vlguard_jax.bench import theirs
+    from vlguard_jax.checkpoints.hf import load_pretrained
+
+    size = SIZES["minigpt_tiny"]
+    reference = theirs.build(size).eval()
+    with torch.no_grad():
+        for name, p in reference.named_parameters():  # non-trivial norms and biases, so all of them are compared
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    torch.save(reference.visual_encoder.state_dict(), tmp_path / "eva_vit_g.pth")
+    (tmp_path / "config.json").write_text(json.dumps(size.model.vision.to_hf()))
+    reference.llm.save_pretrained(tmp_path / "llama")
+    parts = {f"llama_proj.{k}": v for k, v in reference.llama_proj.state_dict().items()}
+    parts.update({f"ln_vision.{k}": v for k, v in reference.ln_vision.state_dict().items()})
+    torch.save({"model": parts}, tmp_path / "checkpoint.pth")
+    model = load_pretrained(tmp_path / "llama", vision_tower=tmp_path, projector=tmp_path / "checkpoint.pth")
+    assert model.config.num_image_tokens == size.model.num_image_tokens
+    batch = train_batch(size.model, rows=2, length=64)
+    with torch.no_grad():
+        theirs_loss = reference(input_ids=torch.tensor(batch["input_ids"]).long(),
+                                attention_mask=torch.tensor(batch["attention_mask"]),
+                                pixel_values=torch.tensor(batch["pixel_values"]),
+                                labels=torch.tensor(batch["labels"]).long()).loss.item()
+    logits = model(jnp.asarray(batch["input_ids"]), jnp.asarray(batch["pixel_values"]))
+    labels = batch["labels"][:, 1:]
+    log_probs = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    picked = jnp.take_along_axis(log_probs, jnp.asarray(np.maximum(labels, 0))[..., None], axis=-1)[..., 0]
+    ours_loss = float(-(picked * (labels != -100)).sum() / (labels != -100).sum())
+    np.testing.assert_allclose(ours_loss, theirs_loss, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["tiny", "small"])

@@ -61,6 +61,8 @@ def test_vlguard_eval_and_merged_export(run, tmp_path, capsys):
     assert summary["settings"]["template"] == "minigptv2_vqa" and summary["settings"]["image_mode"] == "resize"
     for subset in ("vlguard_unsafes", "vlguard_safe_unsafes", "vlguard_safe_safes"):
         assert summary["benchmarks"][subset]["n"] > 0, subset
+    assert main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "peft"), "--format", "peft"]) == 2
+    assert "export merged weights instead" in capsys.readouterr().err
     assert main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "merged")]) == 0
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["model_type"] == "minigpt_v2"
     exported, tokenizer = load_model_and_tokenizer(tmp_path / "merged")

@@ -400,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     planner.set_defaults(run=_plan)
 
     bench = commands.add_parser("bench", help="train-step, decode and pipeline throughput beside transformers + PEFT")
-    bench.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "7b", "13b"])
+    bench.add_argument("--sizes", nargs="+", default=["tiny", "small"],
+                       choices=["tiny", "small", "7b", "13b", "minigpt_tiny", "minigpt_small", "minigpt-v2"])
     bench.add_argument("--out", type=Path, help="write the results as json (rewritten after every measurement)")
     bench.add_argument("--repeats", type=int, default=3, help="timed pairs per figure (medians are reported)")
     bench.add_argument("--decode-batch", type=int, nargs="+", default=[1, 32])

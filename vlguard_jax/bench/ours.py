@@ -21,7 +21,7 @@ LORA_DROPOUT = 0.05
 
 def run_config(size: BenchSize, mode: str, dtype) -> Config:
     """The size as a run config: the benchmark times what `train` would run for it."""
-    lora = LoraSection(size.lora_rank, 2.0 * size.lora_rank, LORA_DROPOUT)
+    lora = LoraSection(size.lora_rank, 2.0 * size.lora_rank, LORA_DROPOUT, size.lora_targets)
     model = ModelConfig(dtype=jnp.dtype(dtype).name, remat=size.remat)
     return Config(model=model, train=TrainConfig(mode=mode, lora=lora))
 

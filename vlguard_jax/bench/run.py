@@ -60,7 +60,7 @@ def _train(size: BenchSize, mode: str, peak: float, datasheet: float | None, tor
     run_theirs = torch_side.train_step(size, mode) if torch_side else None
     ours_s, theirs_s = alternate(run_ours, run_theirs, repeats)
     tokens = size.train_rows * size.train_len
-    flops = train_flops(size.model, mode, size.train_rows, size.train_len, size.lora_rank)
+    flops = train_flops(size.model, mode, size.train_rows, size.train_len, size.lora_rank, size.lora_targets)
     result = {"rows": size.train_rows, "seq_len": size.train_len, "step_s": ours_s, "tokens_per_s": tokens / ours_s,
               "compile_s": facts["compile_s"], "model_flops_per_token": flops / tokens,
               "model_flops_per_step": flops, "xla_flops_per_step_scan_bodies_once": facts["xla_flops_scan_bodies_once"],

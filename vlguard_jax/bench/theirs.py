@@ -1,4 +1,5 @@
-"""The PyTorch stack on the same device and workload: transformers' LLaVA, PEFT LoRA, torch AdamW, `generate`.
+"""The PyTorch stack on the same device and workload: transformers' LLaVA (MiniGPT-v2's own model code for its
+sizes, `theirs_minigpt`), PEFT LoRA, torch AdamW, `generate`.
 
 On accelerators it runs as such stacks do: frozen weights in bf16, trainable weights in fp32 under bf16
 autocast; on CPU everything is fp32. Imported only by the benchmark (torch and peft come with the test extra).
@@ -17,12 +18,9 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration, LogitsProce
 from vlguard_jax.bench.eval_workload import MAX_NEW_TOKENS, PAD, EvalWorkload, Timed, check_lengths
 from vlguard_jax.bench.ours import LORA_DROPOUT
 from vlguard_jax.bench.shapes import BenchSize
+from vlguard_jax.bench.theirs_minigpt import TorchMiniGPTv2
 from vlguard_jax.bench.timing import seconds
 from vlguard_jax.bench.workload import pixels, prompt_ids, train_batch
-
-# The modules `models.lora.DEFAULT_TARGETS` adapts, in PEFT's module naming.
-TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,10 +41,21 @@ def _dtype() -> torch.dtype:
     return torch.bfloat16 if device().type == "cuda" else torch.float32
 
 
-def build(size: BenchSize) -> LlavaForConditionalGeneration:
+def _llava(llava) -> LlavaForConditionalGeneration:
+    return LlavaForConditionalGeneration(LlavaConfig(**llava.to_hf()))
+
+
+# layout → (the PyTorch model, its projector and the rest full fine-tuning trains)
+STACKS = {
+    "llava": (_llava, lambda m: (m.model.multi_modal_projector, [m.model.language_model, m.lm_head])),
+    "minigpt_v2": (TorchMiniGPTv2, lambda m: (m.llama_proj, [m.llm])),
+}
+
+
+def build(size: BenchSize):
     torch.manual_seed(0)
     with torch.device(device()):
-        model = LlavaForConditionalGeneration(LlavaConfig(**size.model.to_hf()))
+        model = STACKS[size.model.layout][0](size.model)
     return model.to(_dtype())
 
 
@@ -56,14 +65,12 @@ def train_step(size: BenchSize, mode: str) -> Callable[[], None]:
     model.requires_grad_(False)
     if size.remat != "none":
         model.gradient_checkpointing_enable()
+    projector, rest = STACKS[size.model.layout][1](model)
     if mode == "lora":
         model = get_peft_model(model, LoraConfig(r=size.lora_rank, lora_alpha=2 * size.lora_rank,
-                                                 lora_dropout=LORA_DROPOUT, target_modules=TARGETS))
-        model.base_model.model.model.multi_modal_projector.requires_grad_(True)
-    else:
-        model.model.multi_modal_projector.requires_grad_(True)
-        model.model.language_model.requires_grad_(True)
-        model.lm_head.requires_grad_(True)
+                                                 lora_dropout=LORA_DROPOUT, target_modules=size.peft_targets))
+    for part in [projector] + (rest if mode == "full" else []):
+        part.requires_grad_(True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:
         p.data = p.data.float()

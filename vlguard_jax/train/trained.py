@@ -100,6 +100,9 @@ def export_workdir(workdir: str | Path, out: str | Path, format: str = "merged")
     if format == "peft":
         if config.train.mode != "lora":
             raise ValueError("a PEFT adapter needs a LoRA run (train.mode: lora); export merged weights instead")
+        if model.config.layout == "minigpt_v2":  # no transformers model to adapt; its base holds the folded LoRA
+            raise ValueError("a PEFT adapter adapts a transformers model, which MiniGPT-v2 is not (and its base "
+                             "weights hold MiniGPT-v2's own LoRA folded in); export merged weights instead")
         lora = config.train.lora
         export_peft(model, out, alpha=lora.alpha, dropout=lora.dropout, rslora=lora.rslora,
                     base_model=config.model.path, projector=True)
