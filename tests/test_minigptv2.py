@@ -77,6 +77,19 @@ def test_logits_equal_minigptv2s(model, parts):
     np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
+def test_convert_writes_the_minigpt_v2_layout_that_loads_back(model, parts, tmp_path):
+    from vlguard_jax.cli import main
+
+    assert main(["convert", str(parts["llama"]), str(tmp_path / "out"), "--vision-tower", str(parts["tower"]),
+                 "--projector", str(parts["ckpt"])]) == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "minigpt_v2"
+    again = load_pretrained(tmp_path / "out")
+    assert again.config == model.config
+    ids = jnp.asarray([[1] + [32000] * model.config.num_image_tokens + [7, 8]])
+    pixels = jnp.asarray(np.random.default_rng(3).normal(size=(1, 3, IMG, IMG)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(again(ids, pixels)), np.asarray(model(ids, pixels)))
+
+
 def test_parts_that_do_not_fit_are_named(parts, tmp_path):
     extra = tmp_path / "extra.pth"
     checkpoint = torch.load(parts["ckpt"], weights_only=True)

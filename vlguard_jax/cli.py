@@ -23,9 +23,10 @@ def _convert(args: argparse.Namespace) -> int:
 
     dtype = jnp.dtype(args.dtype)
     mesh = make_mesh(fsdp=jax.local_device_count(), devices=jax.local_devices())  # a 13B fp32 model on many chips
-    model = load_pretrained(args.source, dtype=dtype, vision_tower=args.vision_tower, mesh=mesh)
+    model = load_pretrained(args.source, dtype=dtype, vision_tower=args.vision_tower, projector=args.projector,
+                            mesh=mesh)
     out = save_pretrained(model, args.out, max_shard_bytes=int(args.max_shard_gb * 2**30))
-    print(f"wrote llava-hf weights and config.json to {out}")
+    print(f"wrote {model.config.layout} weights and config.json to {out}")
     print(convert_tokenizer(args.source, out, model.config))
     return 0
 
@@ -420,10 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=_bench)
 
     convert = commands.add_parser(
-        "convert", help="convert a checkpoint (original LLaVA + CLIP, or any llava-hf layout) to llava-hf layout")
+        "convert", help="convert a checkpoint (original LLaVA + CLIP, any llava-hf layout, LLaVA's stage-1 parts or "
+                        "MiniGPT-v2's released parts) to llava-hf layout (MiniGPT-v2: its minigpt_v2 layout)")
     convert.add_argument("source", type=Path, help="checkpoint directory (config.json + weights)")
     convert.add_argument("out", type=Path, help="output directory")
-    convert.add_argument("--vision-tower", type=Path, help="CLIP checkpoint directory (original LLaVA only)")
+    convert.add_argument("--vision-tower", type=Path,
+                         help="the separate tower: a CLIP checkpoint directory, or MiniGPT-v2's eva_vit_g.pth")
+    convert.add_argument("--projector", type=Path,
+                         help="the separate projector: LLaVA's stage-1 mm_projector.bin, or MiniGPT-v2's checkpoint")
     convert.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")
     convert.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors shard, in GiB")
     convert.set_defaults(run=_convert)

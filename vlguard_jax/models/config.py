@@ -184,8 +184,8 @@ TEXT_ONLY_IMAGE_TOKEN = -1  # a text-only model's image token id: no token id ma
 # projector_type → (adjacent visual tokens concatenated into one, linear layers with GELU between them)
 PROJECTOR_TYPES = {
     re.compile(r"linear"): lambda m: (1, 1),
-    re.compile(r"mlp(\d+)x_gelu"): lambda m: (1, int(m[1])),  # LLaVA-1.5: mlp2x_gelu
-    re.compile(r"concat(\d+)"): lambda m: (int(m[1]), 1),  # MiniGPT-v2: concat4, then `llama_proj`
+    re.compile(r"mlp([1-9]\d*)x_gelu"): lambda m: (1, int(m[1])),  # LLaVA-1.5: mlp2x_gelu
+    re.compile(r"concat([1-9]\d*)"): lambda m: (int(m[1]), 1),  # MiniGPT-v2: concat4, then `llama_proj`
 }
 
 # config.json model_type of each vision-language layout: its `architectures` entry, what its config may omit, and
