@@ -1,7 +1,8 @@
 """Image loading and CLIP preprocessing, bit-identical to transformers' PIL image processors.
 
 `preprocess` repeats `LlavaImageProcessorPil(do_pad=True)` ("pad", LLaVA-1.5) and `CLIPImageProcessorPil` ("crop")
-step for step, or MiniGPT-v2's `Blip2ImageEvalProcessor` ("resize": the whole image squeezed to a square, no crop): RGB conversion (transparency composited onto white), optional pad to a square filled with
+step for step, or MiniGPT-v2's `Blip2ImageEvalProcessor` ("resize": the whole image squeezed to a square, no
+crop): RGB conversion (transparency composited onto white), optional pad to a square filled with
 `int(255 * mean)`, PIL bicubic resize of the shortest edge on uint8, centre crop, `float64 * (1/255)` cast to
 float32, then `(x - mean) / std` in float32. `ImageSource` reads images from a directory or a zip archive as
 LLaVA's training and evaluation and VLGuard's evaluation read them, `Image.open(path).convert('RGB')` (alpha
@@ -68,11 +69,12 @@ def preprocess(image: Image.Image, config: ImageConfig, max_pixels: int = MAX_PI
         _check_buffer(image, f"padded to {side}x{side}", side * side, max_pixels)
         pixels = _pad_to_square(pixels, tuple(int(m * 255) for m in config.mean))
         height = width = side
-    short, long = min(height, width), max(height, width)
-    new_long = int(config.size * long / short)  # transformers' get_resize_output_image_size, truncating
-    new_width, new_height = (config.size, new_long) if width <= height else (new_long, config.size)
     if config.mode == "resize":  # torchvision's Resize((size, size), BICUBIC) on the PIL image
         new_width = new_height = config.size
+    else:
+        short, long = min(height, width), max(height, width)
+        new_long = int(config.size * long / short)  # transformers' get_resize_output_image_size, truncating
+        new_width, new_height = (config.size, new_long) if width <= height else (new_long, config.size)
     _check_buffer(image, f"resized to {new_width}x{new_height}", new_width * new_height, max_pixels)
     resized = np.asarray(Image.fromarray(pixels).resize((new_width, new_height), Image.Resampling.BICUBIC))
     top, left = (new_height - config.size) // 2, (new_width - config.size) // 2

@@ -82,8 +82,8 @@ def evaluate_adapters(model, adapters: Sequence[nnx.State] | None, tokenizer, be
     try:
         model.config.check_template(protocol.template)
     except ValueError as e:
-        raise ConfigError(f"protocol {protocol.name}: {e} (the vlguard_minigptv2 protocol prompts MiniGPT-v2 as "
-                          f"MiniGPT-v2's own code does)") from None
+        raise ConfigError(f"protocol {protocol.name}: {e} (--template, or a protocol of this family: vlguard or "
+                          f"llava for LLaVA, vlguard_minigptv2 for MiniGPT-v2)") from None
     chat = ChatTokenizer(tokenizer, protocol.template, model.config.num_image_tokens, max_length=2**31 - 1)
     pad_id, stop_ids = tokenizer.pad_token_id or 0, [tokenizer.eos_token_id]
     engine = Engine(model, pad_id=pad_id, stop_ids=stop_ids, slots=config.batch_size * len(runs), mesh=mesh,
