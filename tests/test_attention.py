@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlguard_jax.models.layers import attention
+from vlguard_jax.models.attention import dense_attention
 
 
 def numpy_attention(q, k, v, mask):
@@ -30,13 +30,13 @@ def test_query_chunks_match_full_attention(chunk):
     mask = np.tril(np.ones((length, length), bool))[None, None] & valid[:, None, None, :]
     rows = valid[1, 3:]  # padded queries attend nothing: their output is unspecified padding
 
-    out = np.asarray(attention(q, k, v, mask, query_chunk=chunk))
+    out = np.asarray(dense_attention(q, k, v, mask, implementation="ours", query_chunk=chunk))
     expected = numpy_attention(q, k, v, mask)
     np.testing.assert_allclose(out[0], expected[0], atol=1e-5)
     np.testing.assert_allclose(out[1, 3:][rows], expected[1, 3:][rows], atol=1e-5)
 
     weights = jnp.asarray(rng.randn(*q.shape).astype(np.float32)) * jnp.asarray(valid)[:, :, None, None]
-    loss = lambda c: lambda q, k, v: jnp.sum(attention(q, k, v, mask, query_chunk=c) * weights)
+    loss = lambda c: lambda q, k, v: jnp.sum(dense_attention(q, k, v, mask, implementation="ours", query_chunk=c) * weights)
     chunked, whole = jax.grad(loss(chunk), (0, 1, 2))(q, k, v), jax.grad(loss(0), (0, 1, 2))(q, k, v)
     for a, b in zip(chunked, whole):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -53,7 +53,7 @@ def test_head_major_attention_equals_jax_dot_product_attention_in_value_and_grad
     mask = jnp.asarray(np.tril(np.ones((length, length), bool))[None, None] & valid[:, None, None, :])
     weights = jnp.asarray(rng.randn(batch, length, heads, dim).astype(np.float32)) * valid[:, :, None, None]
 
-    ours = lambda q, k, v: jnp.sum(attention(q, k, v, mask) * weights)
+    ours = lambda q, k, v: jnp.sum(dense_attention(q, k, v, mask, implementation="ours") * weights)
     reference = lambda q, k, v: jnp.sum(jax.nn.dot_product_attention(q, k, v, mask=mask) * weights)
     np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), rtol=1e-5)
     for a, b in zip(jax.grad(ours, (0, 1, 2))(q, k, v), jax.grad(reference, (0, 1, 2))(q, k, v)):

@@ -116,6 +116,7 @@ def test_plan_on_8_devices_divides_parameter_bytes_by_the_shards(mode):
     assert 2 * trainable_total / 8 <= adam <= 2 * (trainable_total / 8 + trainable_vectors) + 64
     assert eight["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
     assert eight["model_flops_per_step"] == one["model_flops_per_step"] > 0
+    assert eight["attention"] == "ours" and "tpu_custom_call" not in eight["custom_calls"]  # auto on CPU
     assert eight["per_device_bytes"]["peak"] < one["per_device_bytes"]["peak"]
 
 

@@ -32,6 +32,9 @@ def test_tiny_plan_on_v5e_matches_a_hand_count(tmp_path):
     result, stdout = _plan(tmp_path, TINY)
     assert result["fits"] is True and "v5e:2x2 (TPU v5 lite): fits" in stdout
     assert result["topology"] == "v5e:2x2" and result["device_kind"] == "TPU v5 lite" and result["devices"] == 4
+    # auto on TPU: the splash kernel in the decoder and the tower, a Mosaic custom call in the compiled program
+    assert result["attention"] == "splash" and result["attention_parts"]["vision"]["implementation"] == "splash"
+    assert "tpu_custom_call" in result["custom_calls"]
 
     # Hand count per device, from the config's shapes. fp32 throughout (model.dtype is float32); fsdp=4 splits
     # every matrix 4 ways; 8 rows over 4 devices, no accumulation: 2 rows of 256 tokens per device.
@@ -60,6 +63,14 @@ def test_tiny_plan_on_v5e_matches_a_hand_count(tmp_path):
     assert got["trainable_params"] == pytest.approx(trainable, rel=0.2)
     assert got["optimizer_state"] == pytest.approx(adam, rel=0.2)
     assert got["peak"] == pytest.approx(hand, rel=0.2), (got, hand)
+
+
+@needs_libtpu
+def test_without_the_kernel_the_program_has_no_mosaic_call(tmp_path):
+    raw = copy.deepcopy(TINY)
+    raw["model"]["attention"] = "ours"
+    result, _ = _plan(tmp_path, raw)
+    assert result["attention"] == "ours" and "tpu_custom_call" not in result["custom_calls"]
 
 
 @needs_libtpu

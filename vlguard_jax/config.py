@@ -33,6 +33,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype and the dtype of frozen weights; trainable weights stay fp32
     remat: str = "none"
     attention_chunk: int = 0  # decoder queries per attention block (0: all); bounds the scores' memory
+    attention: str = "auto"  # auto (cuDNN on GPU, splash on TPU, ours on CPU), ours, xla, cudnn or splash
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,7 +77,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
         verdict = compile_verdict(lowered) if on_tpu else Verdict(True, compiled=lowered.compile())
     per_device = {"frozen_params": sizes["frozen_params"], "trainable_params": sizes["trainable_params"],
                   "optimizer_state": sizes["optimizer_state"], "temporaries": None, "peak": None}
-    xla_flops = 0.0
+    xla_flops, kernels = 0.0, []
     if verdict.fits:
         memory = verdict.compiled.memory_analysis()
         per_device["temporaries"] = int(memory.temp_size_in_bytes)
@@ -85,11 +85,14 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
                                  memory.argument_size_in_bytes + memory.output_size_in_bytes
                                  - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
         xla_flops = float((verdict.compiled.cost_analysis() or {}).get("flops", 0.0))
+        kernels = custom_calls(verdict.compiled.as_text())
     peak = per_device["peak"]
     tokens = t.global_batch_size * config.data.max_length
     flops = train_flops(llava, t.mode, t.global_batch_size, config.data.max_length, t.lora.rank, t.lora.targets)
+    parts = setup.attention_choices(config, llava, devices[0].platform)
     result = {
         "devices": len(devices), "mesh": dict(mesh.shape), "mode": t.mode, "global_batch": t.global_batch_size,
+        "attention": parts["decoder"]["implementation"], "attention_parts": parts,
         "accum_steps": t.accum_steps, "per_device_batch": rows,
         "seq_len": config.data.max_length, "loss_chunk": t.loss_chunk,
         "per_device_bytes": per_device,
@@ -97,6 +100,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
         "model_flops_per_step": flops, "model_flops_per_token": flops / tokens,
         "xla_flops_per_step_scan_bodies_once": xla_flops,
         "involuntary_rematerializations": reshards,
+        "custom_calls": kernels,
     }
     if on_tpu:
         result.update(topology=topology, device_kind=device_kind(devices), fits=verdict.fits)
@@ -108,6 +112,12 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
         result["max_per_device_batch"], result["max_batch_probes"] = max_per_device_batch(
             config, llava, mesh, known={rows: verdict.fits}, log=log)
     return result
+
+
+def custom_calls(hlo: str) -> list[str]:
+    """The custom-call targets of a compiled program: the compiler's evidence of the kernels it runs
+    (`tpu_custom_call` for a Pallas/Mosaic kernel such as splash, `__cudnn$fmha…` for cuDNN's attention)."""
+    return sorted(set(re.findall(r'custom_call_target="([^"]+)"', hlo)))
 
 
 def per_device_batch(config: Config, mesh) -> int:

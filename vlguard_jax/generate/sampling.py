@@ -66,8 +66,9 @@ def decoder(model) -> LlamaForCausalLM:
 
 def forward(model, input_ids, pixel_values, attention_mask, positions, cache=None, cache_index=0):
     """Last-position logits of either kind of model (with a cache, and the updated cache); a text-only decoder
-    takes no pixels (`pixel_values` is then None). `cache_index`: one write offset, or one per row."""
+    takes no pixels (`pixel_values` is then None). `cache_index`: one write offset, or one per row. Prompts are
+    left-padded (what lets attention kernels take a prefill's padding)."""
     if isinstance(model, LlamaForCausalLM):
-        return model(input_ids, attention_mask, positions, cache, cache_index, last_only=True)
+        return model(input_ids, attention_mask, positions, cache, cache_index, last_only=True, padding="left")
     return model(input_ids, pixel_values, attention_mask, positions, cache, cache_index, row_images=True,
-                 last_only=True)
+                 last_only=True, padding="left")

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlguard_jax.models.config import VisionConfig
-from vlguard_jax.models.layers import Embedding, LayerNorm, Linear, activation, attention, param, scan_layers, stacked
+from vlguard_jax.models.attention import Attends, self_attention
+from vlguard_jax.models.layers import Embedding, LayerNorm, Linear, activation, param, scan_layers, stacked
 from vlguard_jax.parallel import constrain
 
 
@@ -53,7 +54,7 @@ class ClipPatchConv(nnx.Module):
         return out if self.bias is None else out + self.bias[...].astype(out.dtype)
 
 
-class ClipAttention(nnx.Module):
+class ClipAttention(nnx.Module, Attends):
     def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         d = cfg.hidden_size
         self.num_heads = cfg.num_heads
@@ -66,7 +67,8 @@ class ClipAttention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
         split = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)
-        out = attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), mask=None)
+        out = self_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
+                             implementation=self.attention, causal=False)
         return self.out_proj(out.reshape(b, t, d))
 
 

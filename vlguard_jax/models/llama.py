@@ -15,7 +15,8 @@ import numpy as np
 from flax import nnx
 
 from vlguard_jax.models.config import TextConfig
-from vlguard_jax.models.layers import Embedding, Linear, RMSNorm, activation, attention, scan_layers, stacked
+from vlguard_jax.models.attention import Attends, Visible, dense_attention, dense_implementation, self_attention
+from vlguard_jax.models.layers import Embedding, Linear, RMSNorm, activation, scan_layers, stacked
 from vlguard_jax.parallel import constrain
 
 
@@ -86,7 +87,7 @@ def write_cache(cache: jax.Array, new: jax.Array, layer: jax.Array, offset: jax.
     return cache.at[layer, jnp.arange(rows)[:, None], :, slots].set(new)
 
 
-class LlamaAttention(nnx.Module):
+class LlamaAttention(nnx.Module, Attends):
     def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         kw = dict(use_bias=cfg.attention_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -95,9 +96,8 @@ class LlamaAttention(nnx.Module):
         self.k_proj = Linear(d, kv, ("embed", "kv"), **kw)
         self.v_proj = Linear(d, kv, ("embed", "kv"), **kw)
         self.o_proj = Linear(q, d, ("heads", "embed"), **kw)
-        self.query_chunk = 0  # see `set_attention_chunk`
 
-    def __call__(self, x, cos, sin, mask, kv_cache, offset, keys=(None,) * 4):
+    def __call__(self, x, cos, sin, visible: Visible, kv_cache, offset, keys=(None,) * 4):
         b, t, _ = x.shape
         q = apply_rope(self.q_proj(x, keys[0]).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x, keys[1]).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
@@ -106,17 +106,14 @@ class LlamaAttention(nnx.Module):
             k_all, v_all, layer = kv_cache
             k_all, v_all = write_cache(k_all, k, layer, offset), write_cache(v_all, v, layer, offset)
             kv_cache = (k_all, v_all)
-            k = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False).swapaxes(1, 2).astype(q.dtype)
-            v = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False).swapaxes(1, 2).astype(q.dtype)
-        out = attention(q, k, v, mask, self.query_chunk)
+        if visible.dense is None:  # the new tokens see themselves alone: a kernel's case
+            out = self_attention(q, k, v, implementation=self.attention, causal=True, valid=visible.valid,
+                                 padding=visible.padding, query_chunk=self.query_chunk)
+        else:  # a cache at other offsets: the layer's keys and values read as they lie, head-major
+            k_layer, v_layer = (jax.lax.dynamic_index_in_dim(c, layer, keepdims=False) for c in kv_cache)
+            out = dense_attention(q, k_layer, v_layer, visible.dense, implementation=dense_implementation(
+                self.attention), query_chunk=self.query_chunk, kv_head_major=True)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim), keys[3]), kv_cache
-
-
-def set_attention_chunk(model: nnx.Module, chunk: int) -> None:
-    """Decoder attention computes `chunk` queries at a time (0: all at once); see `layers.attention`."""
-    for _, module in nnx.iter_graph(model):
-        if isinstance(module, LlamaAttention):
-            module.query_chunk = chunk
 
 
 class LlamaMLP(nnx.Module):
@@ -142,10 +139,10 @@ class LlamaDecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype,
                                                 rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, kv_cache, offset, dropout_key=None):
+    def __call__(self, x, cos, sin, visible: Visible, kv_cache, offset, dropout_key=None):
         """`dropout_key` (one per layer) drives LoRA dropout; None means deterministic."""
         keys = [None] * 7 if dropout_key is None else list(jax.random.split(dropout_key, 7))
-        attn_out, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, offset, keys[:4])
+        attn_out, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, visible, kv_cache, offset, keys[:4])
         x = constrain(x + attn_out, ("batch", "length", "act_embed"))
         x = constrain(x + self.mlp(self.post_attention_layernorm(x), keys[4:]), ("batch", "length", "act_embed"))
         return x, kv_cache
@@ -166,20 +163,27 @@ class LlamaModel(nnx.Module):
 
     def __call__(self, inputs_embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-                 dropout_key: jax.Array | None = None):
+                 dropout_key: jax.Array | None = None, padding: str = "unknown"):
         """Final normed hidden states `[batch, len, d]` and the updated cache (None without one).
 
         `attention_mask` is `[batch, kv_len]`: over the input itself, or over every cache slot when a cache is
-        given (the new tokens are written at `cache_index`).
+        given (the new tokens are written at `cache_index`). `padding`: where the rows' padding sits (`right` in
+        training, `left` in generation; `unknown` keeps cuDNN to its dense fallback, see `models.attention`).
         """
         cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config), self.dtype)
-        mask = causal_mask(attention_mask, inputs_embeds.shape[1], cache_index)
+        length = inputs_embeds.shape[1]
+        if cache is None or (isinstance(cache_index, int) and cache_index == 0):
+            # Causal over tokens written from slot 0: no key after them is seen, so their own keys are all there
+            # is to attend (a kernel's case)
+            visible = Visible(valid=attention_mask[:, :length], padding=padding)
+        else:
+            visible = Visible(dense=causal_mask(attention_mask, length, cache_index))
         x = constrain(inputs_embeds.astype(self.dtype), ("batch", "length", "act_embed"))
 
         def body(layer, carry, xs):
             h, kv = carry  # the whole cache rides in the carry, so XLA updates it in place
             index, key = xs
-            h, kv = layer(h, cos, sin, mask, None if kv is None else (*kv, index), cache_index, key)
+            h, kv = layer(h, cos, sin, visible, None if kv is None else (*kv, index), cache_index, key)
             return (h, kv), None
 
         num_layers = self.config.num_layers
@@ -201,10 +205,12 @@ class LlamaForCausalLM(nnx.Module):
             param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, positions: jax.Array,
-                 cache: KVCache | None = None, cache_index: jax.Array | int = 0, last_only: bool = False):
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0, last_only: bool = False,
+                 padding: str = "unknown"):
         """Text-only forward (a model loaded by `load_language_model`): logits, and with a `cache` the pair
         `(logits, updated cache)`, as `LlavaForConditionalGeneration.__call__` without images."""
-        hidden, cache = self.model(self.model.embed_tokens(input_ids), positions, attention_mask, cache, cache_index)
+        hidden, cache = self.model(self.model.embed_tokens(input_ids), positions, attention_mask, cache, cache_index,
+                                   padding=padding)
         logits = self.logits(hidden[:, -1:] if last_only else hidden)
         return logits if cache is None else (logits, cache)
 

@@ -103,23 +103,25 @@ class LlavaForConditionalGeneration(nnx.Module):
     def __call__(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
                  attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-                 dropout_key: jax.Array | None = None, row_images: bool = False, last_only: bool = False):
+                 dropout_key: jax.Array | None = None, row_images: bool = False, last_only: bool = False,
+                 padding: str = "unknown"):
         """Logits `[batch, len, vocab]`; with a `cache`, the pair `(logits, updated cache)`.
 
         Without `positions`, position ids are `cache_index + arange(len)` (what HF's forward uses);
         left-padded generation passes positions counted over the attention mask instead. `row_images`:
         `pixel_values[b]` is row b's image (see `splice_image_features`); `dropout_key` turns on LoRA dropout;
-        `last_only` projects only the last position to the vocabulary (a prefill needs nothing more).
+        `last_only` projects only the last position to the vocabulary (a prefill needs nothing more); `padding`:
+        where the rows' padding sits (`right`, `left`; see `models.attention`).
         """
         hidden, cache = self.hidden_states(input_ids, pixel_values, attention_mask, positions, cache, cache_index,
-                                           dropout_key, row_images)
+                                           dropout_key, row_images, padding)
         logits = self.language_model.logits(hidden[:, -1:] if last_only else hidden)
         return logits if cache is None else (logits, cache)
 
     def hidden_states(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
                       attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
                       cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-                      dropout_key: jax.Array | None = None, row_images: bool = False):
+                      dropout_key: jax.Array | None = None, row_images: bool = False, padding: str = "unknown"):
         """The decoder's final normed hidden states and the cache: `__call__` without the vocabulary projection
         (a chunked loss projects a slice at a time)."""
         batch, length = input_ids.shape
@@ -130,7 +132,7 @@ class LlavaForConditionalGeneration(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(cache_index + jnp.arange(length), (batch, length))
         return self.language_model.model(self.embed(input_ids, pixel_values, row_images), positions,
-                                         attention_mask, cache, cache_index, dropout_key)
+                                         attention_mask, cache, cache_index, dropout_key, padding)
 
 
 def _check_image_tokens(num_tokens: int, num_images: int, per_image: int) -> None:

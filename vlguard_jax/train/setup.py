@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from vlguard_jax.config import Config, ConfigError
 from vlguard_jax.data.sources import IMAGE_PLACEHOLDER
 from vlguard_jax.models.config import LAYOUTS, LlavaConfig
-from vlguard_jax.models.llama import set_attention_chunk
+from vlguard_jax.models import attention
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.models.lora import LoraConfig, apply_lora
 from vlguard_jax.parallel import logical_to_spec, make_mesh, variable_sharding
@@ -168,6 +168,21 @@ def architecture_config(architecture: dict, tokenizer) -> LlavaConfig:
     return LlavaConfig.from_hf({**architecture, "text_config": text, "image_token_index": image_token})
 
 
+def attention_choices(config: Config, llava: LlavaConfig, platform: str) -> dict:
+    """Each model part's attention on `platform` (`models.attention.describe`), and the dense form that decoding over
+    a KV cache uses: what `run.json`, a plan and `vlguard-jax env` record."""
+    dtype = jnp.dtype(config.model.dtype)
+    parts = {"decoder": (llava.text.head_dim, dtype, "right")}
+    if llava.vision is not None:
+        parts["vision"] = (llava.vision.hidden_size // llava.vision.num_heads, dtype, "none")
+    try:
+        choices = attention.describe(config.model.attention, platform, parts)
+    except ValueError as e:
+        raise ConfigError(f"model.attention: {e}") from None
+    decode = attention.dense_implementation(config.model.attention)
+    return {**choices, "decode": {"implementation": decode, "fallback_reason": None}}
+
+
 def make_model(llava: LlavaConfig, config: Config, dtype=None) -> LlavaForConditionalGeneration:
     """The run's model with random weights (seeded) and, for LoRA runs, its adapters: the one constructor that
     `eval_shape` describes and `jit` draws from. `dtype` overrides the run's compute dtype."""
@@ -175,7 +190,7 @@ def make_model(llava: LlavaConfig, config: Config, dtype=None) -> LlavaForCondit
     t = config.train
     model = LlavaForConditionalGeneration(llava, dtype=dtype, param_dtype=dtype, remat=config.model.remat,
                                           rngs=nnx.Rngs(t.seed))
-    set_attention_chunk(model, config.model.attention_chunk)
+    attention.configure(model, config.model.attention, config.model.attention_chunk)
     if t.mode == "lora":
         apply_lora(model, LoraConfig(t.lora.rank, t.lora.alpha, t.lora.dropout, t.lora.targets, t.lora.rslora),
                    nnx.Rngs(t.seed + 1))
@@ -193,6 +208,7 @@ def build(config: Config, mesh: Mesh, *, values: str = "init", llava: LlavaConfi
     if llava.vision is None and config.train.mode == "projector":
         raise ConfigError("train.mode=projector trains the projector, which a text-only model does not have; use "
                           "lora or full")
+    attention_choices(config, llava, mesh.devices.flat[0].platform)  # an implementation this mesh cannot run stops here
     past_vocab = set() if tokenizer is None else set(range(llava.text.vocab_size, len(tokenizer)))
     if past_vocab - {llava.image_token_id}:  # the image token alone may lie past it: it is never looked up
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
