@@ -9,6 +9,8 @@ the previous checkpoint intact; saves are asynchronous and the newest `keep` are
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import grain
@@ -32,6 +34,7 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: TrainState, iterator, meta: dict) -> None:
+        """`iterator`: the Grain iterator, or its `DataState` after the batches the saved steps consumed."""
         self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params), optimizer=ocp.args.StandardSave(_optimizer_part(state)),
             data=grain.checkpoint.CheckpointSave(iterator), meta=ocp.args.JsonSave(meta)), force=True)
@@ -57,6 +60,19 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class DataState:
+    """A Grain iterator's state, captured now and saved later in the iterator's place: a loop that reads batches
+    ahead of its steps saves the state from before the batches no step has consumed yet. Grain's handler writes
+    `get_state()` of any object that is not a `DatasetIterator` as bytes; these are the JSON it writes for the
+    iterator itself, so a restore into the iterator reads them unchanged."""
+
+    def __init__(self, iterator):
+        self.state = copy.deepcopy(iterator.get_state())
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state, indent=4).encode()
 
 
 def _optimizer_part(state: TrainState) -> dict:

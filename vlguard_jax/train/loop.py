@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import yaml
 from jax.experimental import multihost_utils
 
@@ -25,16 +27,18 @@ from vlguard_jax.data.images import ImageConfig
 from vlguard_jax.data.pipeline import PipelineConfig, build_pipeline, steps_per_epoch
 from vlguard_jax.data.recipes import TrainingData, synthetic_dataset, training_data
 from vlguard_jax.data.store import Samples
-from vlguard_jax.train.checkpointing import Checkpointer
+from vlguard_jax.parallel import place_replicated
+from vlguard_jax.train.checkpointing import Checkpointer, DataState
 from vlguard_jax.train.metrics_log import MetricsLog, plot_loss
 from vlguard_jax.train.optimizer import schedule
 from vlguard_jax.train.preemption import Preemption
-from vlguard_jax.train.setup import RunSetup, build, load_tokenizer, mesh_for, model_config
+from vlguard_jax.train.setup import RunSetup, attention_choices, build, load_tokenizer, mesh_for, model_config
 from vlguard_jax.train.trained import tokenizer_dir
 
 # Sections that must not change under an existing checkpoint (epochs / max_steps may, to extend a run).
 PINNED = ("model", "data", "train.mode", "train.lora", "train.global_batch_size", "train.accum_steps", "train.seed")
-UNPINNED = ("data.cache_dir",)  # where tokenized data is cached changes no sample
+UNPINNED = ("data.cache_dir", "model.attention")  # where tokenized data is cached changes no sample; which kernel
+# attends changes no result beyond rounding (a run may resume on another backend)
 
 
 class TrainingError(RuntimeError):
@@ -95,6 +99,7 @@ def _train(config: Config, workdir: Path, mesh, stop: Preemption, progress: bool
     write_run_files(config, workdir, primary)
     tokenizer = load_tokenizer(config, tokenizer_dir(config, workdir))
     llava = model_config(config, tokenizer)
+    record_backend(config, llava, mesh, workdir, primary)
     try:
         llava.check_template(config.data.template)
     except ValueError as e:
@@ -126,7 +131,8 @@ def check_batch(config: Config, mesh) -> None:
     t, shards = config.train, mesh.shape["data"] * mesh.shape["fsdp"]
     if t.global_batch_size % t.accum_steps or (t.global_batch_size // t.accum_steps) % shards:
         raise ConfigError(f"train.global_batch_size {t.global_batch_size} / accum_steps {t.accum_steps} must divide "
-                          f"over data × fsdp = {shards} devices")
+                          f"over data × fsdp = {shards} devices (each device splits its own rows into the "
+                          f"micro-batches)")
 
 
 def write_run_files(config: Config, workdir: Path, primary: bool) -> None:
@@ -136,6 +142,17 @@ def write_run_files(config: Config, workdir: Path, primary: bool) -> None:
         if config.data.synthetic:
             synthetic_dataset(config.data, workdir)
     multihost_utils.sync_global_devices("vlguard-jax: run files ready")
+
+
+def record_backend(config: Config, llava, mesh, workdir: Path, primary: bool) -> None:
+    """WORKDIR/run.json: where this start of the run executes and each model part's attention implementation
+    (`setup.attention_choices`), so a figure read from the run's metrics can be traced to its kernels."""
+    devices = mesh.devices.flat
+    facts = {"backend": devices[0].platform, "device_kind": devices[0].device_kind, "devices": mesh.devices.size,
+             "processes": jax.process_count(), "mesh": dict(mesh.shape),
+             "attention": attention_choices(config, llava, devices[0].platform)}
+    if primary:
+        atomic_write_text(workdir / "run.json", json.dumps(facts, indent=1))
 
 
 def record_tokenization(chat: ChatTokenizer, workdir: Path, primary: bool) -> None:
@@ -185,52 +202,100 @@ def data_pipeline(config: Config, samples: Samples, chat: ChatTokenizer, data: T
 def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Checkpointer, workdir: Path,
               start: int, total_steps: int, stop: Preemption, progress: bool) -> tuple[int, bool]:
     """Steps from `start` until the end or a preemption (saved at the step every process stops at); returns the
-    step reached and whether the run was preempted."""
+    step reached and whether the run was preempted.
+
+    The host never waits for the device between sync points (log steps, checkpoint steps, the last step and a
+    preemption): while a step runs, the next batch is read and copied onto the mesh, and the step's metrics are
+    folded into a window on device (`_accumulate`) that the next sync point reads (`_sync`). The non-finite guard
+    is checked there: a run longer than `train.max_consecutive_nonfinite` stops the run before any later save."""
     t = config.train
     step_fn = setup.train_step(t.accum_steps, loss_chunk=t.loss_chunk)
     learning_rate = schedule(t.optimizer.learning_rate, total_steps, t.optimizer.warmup_ratio, t.optimizer.decay)
     log = MetricsLog(workdir, start) if jax.process_index() == 0 else None
     bar = _progress(progress, start, total_steps)
     meta = {"total_steps": total_steps, "config": _plain(to_dict(config))}  # the resolved config, with each save
-    step, nonfinite_run, tokens_since, tic = start, 0, 0, time.perf_counter()
+    step, tic, window = start, time.perf_counter(), _window(setup.mesh)
+    ahead = _read(iterator, setup.batch_sharding) if step < total_steps else None
     try:
-        while step < total_steps and not stop.should_stop():
-            local = next(iterator)
-            batch = {k: jax.make_array_from_process_local_data(setup.batch_sharding, v)
-                     for k, v in local.items() if k in ("input_ids", "labels", "attention_mask", "pixel_values")}
+        while step < total_steps and not stop.should_stop(poll=step % t.log_every == 0):
+            current = ahead
             with jax.set_mesh(setup.mesh):
-                state, metrics = step_fn(state, setup.frozen, batch)
+                state, metrics = step_fn(state, setup.frozen, current.batch)
+                window = _accumulate(window, metrics)
             step += 1
-            tokens_since += int(metrics["tokens"])
-            finite = bool(metrics["finite"])
-            nonfinite_run = 0 if finite else nonfinite_run + 1
-            if nonfinite_run > t.max_consecutive_nonfinite:
-                raise TrainingError(f"{nonfinite_run} consecutive non-finite steps up to step {step}; the last good "
-                                    f"checkpoint (step {checkpointer.latest_step()}) is intact in {workdir}")
-            if step % t.log_every == 0 or step == total_steps:
-                seconds = time.perf_counter() - tic
-                record = {"step": step, "loss": float(metrics["loss"]),
-                          "learning_rate": float(learning_rate(int(state.step) - 1)),
-                          "grad_norm": float(metrics["grad_norm"]), "tokens": int(metrics["tokens"]),
-                          "tokens_per_s": round(tokens_since / seconds, 1),
-                          "image_failures": int(local["image_failed"].sum()),
-                          "nonfinite_steps": int(state.nonfinite_steps)}
-                if log is not None:
-                    log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
-                                tok_s=record["tokens_per_s"])
-                tokens_since, tic = 0, time.perf_counter()
+            ahead = _read(iterator, setup.batch_sharding) if step < total_steps else None  # while the step runs
+            consumed = ahead.before if ahead else iterator  # the data state after this step's batch
+            logging = step % t.log_every == 0 or step == total_steps
+            saving = step % t.checkpoint_every == 0 or step == total_steps
+            if logging or saving:
+                seen = _sync(window, metrics, state, t.max_consecutive_nonfinite, step, checkpointer, workdir)
+                if logging:
+                    record = {"step": step, "loss": float(seen["loss"]),
+                              "learning_rate": float(learning_rate(int(seen["updates"]) - 1)),
+                              "grad_norm": float(seen["grad_norm"]), "tokens": int(seen["tokens"]),
+                              "tokens_per_s": round(int(seen["window"]["tokens"]) / (time.perf_counter() - tic), 1),
+                              "image_failures": int(current.local["image_failed"].sum()),
+                              "nonfinite_steps": int(seen["nonfinite_steps"])}
+                    if log is not None:
+                        log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
+                                    tok_s=record["tokens_per_s"])
+                    window, tic = _window(setup.mesh, seen["window"]["run"]), time.perf_counter()
+                if saving and seen["finite"]:
+                    checkpointer.save(step, state, consumed, {**meta, "step": step})
             bar.update(1)
-            if finite and (step % t.checkpoint_every == 0 or step == total_steps):
-                checkpointer.save(step, state, iterator, {**meta, "step": step})
         preempted = stop.stopped and step < total_steps
         if preempted and step > (checkpointer.latest_step() or 0):  # a stop before any new step saves nothing
-            checkpointer.save(step, state, iterator, {**meta, "step": step, "preempted": True})
+            _sync(window, metrics, state, t.max_consecutive_nonfinite, step, checkpointer, workdir)
+            checkpointer.save(step, state, consumed, {**meta, "step": step, "preempted": True})
     finally:
         if log is not None:
             log.close()
         bar.close()
     return step, preempted
+
+
+BATCH_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values")
+
+
+@dataclasses.dataclass
+class _Batch:
+    before: DataState  # the iterator's state before this batch: what a save after the previous step records
+    local: dict  # this host's rows (numpy)
+    batch: dict  # the global batch on the mesh
+
+
+def _read(iterator, sharding) -> _Batch:
+    """The next batch, its copy onto the mesh started (asynchronous)."""
+    before = DataState(iterator)
+    local = next(iterator)
+    batch = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items() if k in BATCH_KEYS}
+    return _Batch(before, local, batch)
+
+
+def _window(mesh, run=0) -> dict:
+    """The metrics window on device: supervised tokens since the last log point, the current run of non-finite
+    steps (carried over from the last window) and the longest run in this window."""
+    host = {"tokens": np.int32(0), "run": np.int32(run), "longest": np.int32(run)}
+    return {k: place_replicated(v, mesh) for k, v in host.items()}
+
+
+@jax.jit
+def _accumulate(window: dict, metrics: dict) -> dict:
+    run = jnp.where(metrics["finite"], 0, window["run"] + 1)
+    return {"tokens": window["tokens"] + metrics["tokens"], "run": run, "longest": jnp.maximum(window["longest"], run)}
+
+
+def _sync(window, metrics, state, limit: int, step: int, checkpointer: Checkpointer, workdir: Path) -> dict:
+    """The window, the last step's metrics and the state's counters, read from the device in one transfer; stops
+    the run when too many consecutive steps were non-finite (they never moved the parameters, so the last
+    checkpoint holds good ones)."""
+    seen = jax.device_get({"window": window, **metrics, "updates": state.step,
+                           "nonfinite_steps": state.nonfinite_steps})
+    if seen["window"]["longest"] > limit:
+        raise TrainingError(f"{seen['window']['longest']} consecutive non-finite steps by step {step}; the last good "
+                            f"checkpoint (step {checkpointer.latest_step()}) is intact in {workdir}")
+    return seen
 
 
 def _progress(enabled: bool, start: int, total: int):

@@ -1,9 +1,9 @@
 """Preemption: a SIGTERM to any one process stops every process after the same step, so they can save together.
 
 Each process catches SIGTERM in a flag. With one process the loop reads the flag before each step; with
-several, every process all-gathers the flags before each step (one int32 each: the loop already waits for
-every step's metrics, so this costs no overlap), and all of them stop as soon as any flag is set: the same
-step everywhere, whichever host was signalled. The handler is installed when a run starts, so a signal during
+several, every process all-gathers the flags at the loop's sync points (log steps: the host waits for the device
+there anyway; an all-gather before every step would stall the step queue each time), and all of them stop as soon
+as any flag is set: the same step everywhere, whichever host was signalled. The handler is installed when a run starts, so a signal during
 the minutes of data loading and model setup stops the run before its first step.
 
 JAX's own `multihost_utils.reached_preemption_sync_point` was tried first (CPU, gloo, two processes): it stops
@@ -24,7 +24,8 @@ from jax.experimental import multihost_utils
 
 
 class Preemption:
-    """Create at the start of a run (main thread); call `should_stop()` once per step on every process."""
+    """Create at the start of a run (main thread); call `should_stop(poll)` once per step on every process, with
+    `poll` true at the same steps everywhere (the sync points)."""
 
     def __init__(self):
         self.stopped = False  # should_stop has returned True
@@ -34,13 +35,14 @@ class Preemption:
     def _handle(self, signum, frame):
         self._signalled = True
 
-    def should_stop(self) -> bool:
-        """True (and from then on) once any process was signalled; the same step on every process."""
+    def should_stop(self, poll: bool = True) -> bool:
+        """True (and from then on) once any process was signalled; the same step on every process. With several
+        processes the flags are gathered only when `poll`."""
         if not self.stopped:
-            signalled = self._signalled
-            if jax.process_count() > 1:
-                signalled = bool(np.any(multihost_utils.process_allgather(np.int32(signalled))))
-            self.stopped = signalled
+            if jax.process_count() == 1:
+                self.stopped = self._signalled
+            elif poll:
+                self.stopped = bool(np.any(multihost_utils.process_allgather(np.int32(self._signalled))))
         return self.stopped
 
     def close(self) -> None:

@@ -1,8 +1,9 @@
 """The training step: masked cross-entropy over the global batch, gradients of the trainable State only.
 
-The global batch is split into `accum_steps` micro-batches scanned on device; losses and gradients are summed
-and divided once by the number of supervised tokens of the whole global batch, so accumulation gives exactly
-the token-mean loss of one large batch. A non-finite loss or gradient skips the update and is counted.
+The global batch is split into `accum_steps` micro-batches scanned on device (each device splits its own rows:
+`split_micro_batches`); losses and gradients are summed and divided once by the number of supervised tokens of
+the whole global batch, so accumulation gives exactly the token-mean loss of one large batch. A non-finite loss
+or gradient skips the update and is counted.
 """
 
 from __future__ import annotations
@@ -86,6 +87,22 @@ def chunked_cross_entropy_sums(hidden: jax.Array, labels: jax.Array, project: Ca
     return nll, count
 
 
+def split_micro_batches(batch: dict, accum_steps: int) -> dict:
+    """`[rows, ...]` → `[accum_steps, rows / accum_steps, ...]`, micro-batch i holding rows i, i + accum_steps, ….
+
+    Each device's contiguous block of rows then splits in place and no row moves between devices. (Micro-batch i
+    as the i-th contiguous block would live on a few devices only: the partitioner all-gathered the batch and
+    permuted activations in every micro-step.) Needs the rows per device to divide by `accum_steps`."""
+    mesh = jax.sharding.get_abstract_mesh()
+    shards = 1 if mesh.empty else mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = jax.tree.leaves(batch)[0].shape[0]
+    if rows % (shards * accum_steps):
+        raise ValueError(f"{rows} rows over data × fsdp = {shards} devices give {rows / shards:g} rows per device, "
+                         f"which do not split into accum_steps = {accum_steps} micro-batches")
+    split = lambda x: constrain(x.reshape(-1, accum_steps, *x.shape[1:]).swapaxes(0, 1), (None, "batch"))
+    return jax.tree.map(split, batch)
+
+
 def merge_params(graphdef: nnx.GraphDef, template: nnx.State, params, frozen: nnx.State) -> nnx.Module:
     """Rebuilds the model from pure trainable params (without mutating the template)."""
     trainable = jax.tree.map(lambda x: x, template)
@@ -102,14 +119,15 @@ def make_train_step(graphdef: nnx.GraphDef, template: nnx.State, tx: optax.Gradi
     def loss_sums(params, frozen, micro, key):
         model = merge_params(graphdef, template, params, frozen)
         hidden, _ = model.hidden_states(micro["input_ids"], micro.get("pixel_values"), micro["attention_mask"],
-                                        dropout_key=key if dropout else None, row_images=True)
+                                        dropout_key=key if dropout else None, row_images=True,
+                                        padding="right")  # the pipeline pads rows on the right
         return chunked_cross_entropy_sums(hidden, micro["labels"], model.language_model.logits, loss_chunk)
 
     grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
 
     def step(state: TrainState, frozen: nnx.State, batch: dict) -> tuple[TrainState, dict]:
         rng, step_key = jax.random.split(state.rng)
-        micro_batches = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+        micro_batches = split_micro_batches(batch, accum_steps)
 
         def accumulate(carry, inputs):
             micro, key = inputs
