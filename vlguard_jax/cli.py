@@ -76,11 +76,31 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     _distributed(args)
+    import jax
+
+    from vlguard_jax.doctor import cpu_warning
     from vlguard_jax.train.loop import train
+
+    warning = cpu_warning(config)
+    if warning and jax.process_index() == 0:
+        print(f"warning: {warning}", file=sys.stderr)
 
     workdir = args.workdir or Path("runs") / args.config.stem
     result = train(config, workdir)
     print(f"{result.status} at step {result.steps}/{result.total_steps}; outputs in {result.workdir}")
+    return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    import json
+
+    from vlguard_jax.doctor import format_report, report
+
+    result = report(args.config, args.overrides, args.architecture)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(format_report(result))
     return 0
 
 
@@ -131,10 +151,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     from vlguard_jax.data.images import ImageSource
     from vlguard_jax.evaluate.fingerprint import check, describe
-    from vlguard_jax.evaluate.runner import EvalConfig, eval_mesh, evaluate
+    from vlguard_jax.evaluate.runner import EvalConfig, auto_batch_size, eval_mesh, evaluate
     from vlguard_jax.train.trained import load_model_and_tokenizer
 
-    config = EvalConfig(chosen, args.batch_size)
     labels = [benchmarks.spec(name).label(args.sample, args.sample_seed) for name in names]
     files = [path for data in args.data for path in benchmarks.paths(data)]
     run = {**describe(args.model, labels, files, args.images, chosen, args.dtype),
@@ -143,6 +162,14 @@ def _eval(args: argparse.Namespace) -> int:
         check(args.out, run)  # before the model loads: a refusal should not cost minutes
     mesh = eval_mesh(args.mesh, args.batch_size)
     model, tokenizer = load_model_and_tokenizer(args.model, jnp.dtype(args.dtype), mesh=mesh)
+    if args.batch_size is None:
+        sized = auto_batch_size(model, tokenizer, suite, chosen, mesh, list(assigned.values()))
+        batch_size, how = sized.slots, sized.reason
+    else:
+        batch_size, how = args.batch_size, "--batch-size"
+    if jax.process_index() == 0:
+        print(f"slots: {batch_size} ({how})", flush=True)
+    config = EvalConfig(chosen, batch_size)
     images = ImageSource(args.images) if args.images else None
     summary = evaluate(model, tokenizer, suite, args.out, images, config, fingerprint=run, overwrite=args.overwrite,
                        mesh=mesh, judge_options=options)
@@ -295,6 +322,9 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     gib = lambda b: f"{b / 2**30:.2f} GiB"
+    print("attention: " + "; ".join(f"{part} {v['implementation']}" + (f" ({v['fallback_reason']})"
+                                                                        if v["fallback_reason"] else "")
+                                    for part, v in result["attention_parts"].items()))
     for name, value in result["per_device_bytes"].items():
         if value is not None:
             print(f"{name:>18}: {gib(value)} per device")
@@ -323,6 +353,15 @@ def _bench(args: argparse.Namespace) -> int:
     run(args.sizes, args.out, args.repeats, tuple(args.decode_batch), pipeline=not args.no_pipeline,
         eval_workload=not args.no_eval_workload, **sizes)
     return 0
+
+
+def _slots(value: str) -> int | None:
+    """`--batch-size`: a positive count, or `auto` (None)."""
+    if value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a positive count nor 'auto'")
+    return int(value)
 
 
 def _add_judge_arguments(parser: argparse.ArgumentParser, cache: str) -> None:
@@ -440,6 +479,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distributed_arguments(train)
     train.set_defaults(run=_train)
 
+    env = commands.add_parser("env", help="backend, devices, versions, whether jaxlib matches the hardware, and each "
+                                          "model part's attention here")
+    env.add_argument("--config", type=Path, help="whose model to describe (default: llava-1.5-7b's shapes in "
+                                                 "bfloat16)")
+    env.add_argument("--architecture", help="a known shape instead of the config's model: "
+                                            + ", ".join(KNOWN_ARCHITECTURES))
+    env.add_argument("--json", action="store_true", help="print the report as json")
+    env.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.attention=xla")
+    env.set_defaults(run=_env)
+
     export = commands.add_parser("export", help="export a trained workdir: merged llava-hf weights or a PEFT adapter")
     export.add_argument("--workdir", type=Path, required=True)
     export.add_argument("--out", type=Path, required=True)
@@ -482,7 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
                                            "`vlguard-jax benchmarks` lists them): keywords, keywords_normalized, "
                                            "openai[:RUBRIC], llama_guard, beaver_dam")
     _add_judge_arguments(evaluate, "default OUT/judge_cache")
-    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--batch-size", type=_slots, default="auto", metavar="N|auto",
+                          help="the engine's slots (prompts decoded together; a multiple of the mesh's data × fsdp). "
+                               "auto: as many as the devices' memory holds for the benchmarks' longest prompt and "
+                               "the new tokens, up to 256 (compiled ahead of time to measure); on devices that "
+                               "report no memory (CPU), or beside a model judge, 8")
     evaluate.add_argument("--dtype", choices=DTYPES, default="bfloat16",
                           help="compute dtype and that of the frozen weights (logits and sampling stay fp32)")
     evaluate.add_argument("--mesh", help="e.g. data=2,fsdp=4,tensor=1 (default: fsdp over as many devices as the batch "

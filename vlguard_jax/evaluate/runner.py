@@ -12,6 +12,7 @@ run. Given a `fingerprint`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -36,7 +37,7 @@ from vlguard_jax.evaluate.benchmarks import Benchmark, Prompt
 from vlguard_jax.evaluate.judges import Item, Judgment
 from vlguard_jax.evaluate.protocols import PROTOCOLS, Protocol
 from vlguard_jax.evaluate.report import score, write_report
-from vlguard_jax.generate import Engine, Generator
+from vlguard_jax.generate import Engine, Generator, capacity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,22 +164,54 @@ def with_adapter(model, adapter: nnx.State):
     return view
 
 
-def eval_mesh(spec: str | None, batch_size: int) -> Mesh:
+def eval_mesh(spec: str | None, batch_size: int | None) -> Mesh:
     """`--mesh data=2,fsdp=4`: unnamed axes are 1, except fsdp, which takes the remaining devices. Default: fsdp
-    over as many devices as the batch divides over, tensor over the rest."""
+    over as many devices as the batch divides over, tensor over the rest. `batch_size` None (`--batch-size auto`,
+    sized by `auto_batch_size` once the model is on the mesh): as for a batch of every device where the devices
+    report their memory, else as for `capacity.DEFAULT_SLOTS`."""
     from vlguard_jax.config import load_config
     from vlguard_jax.train.setup import mesh_for
 
+    auto = batch_size is None
+    if auto:
+        batch_size = jax.device_count() if capacity.memory_limit(jax.local_devices()) else capacity.DEFAULT_SLOTS
     if spec:
         mesh = mesh_for(load_config(None, [f"mesh.{part}" for part in spec.split(",")]))
     else:
         fsdp = math.gcd(batch_size, jax.device_count())
         mesh = mesh_for(load_config(None, [f"mesh.fsdp={fsdp}", f"mesh.tensor={jax.device_count() // fsdp}"]))
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch_size % shards:
+    if batch_size % shards and not auto:
         raise ConfigError(f"--batch-size {batch_size} does not divide over the mesh's data × fsdp = {shards} devices; "
                           f"use a multiple of {shards} or another --mesh")
     return mesh
+
+
+def auto_batch_size(model, tokenizer, benchmarks: Sequence[Benchmark], protocol: Protocol, mesh: Mesh,
+                    judges: Sequence[str | None] = ()) -> capacity.Capacity:
+    """`--batch-size auto`: the slots the devices' memory holds for these prompts at the protocol's new tokens
+    (`generate.capacity`), a multiple of the mesh's data × fsdp. Devices that report no memory limit (CPU), and
+    runs with a judge that is a local model (its weights and batches share the devices, unestimated), get
+    `DEFAULT_SLOTS` rounded up to that multiple. Process 0's count is every process's."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    default = shards * -(-capacity.DEFAULT_SLOTS // shards)
+    limit = capacity.memory_limit(mesh.local_devices)
+    local = sorted({j for j in judges if j and j.partition(":")[0] in judging.MODEL_JUDGES})
+    if limit is None:
+        return capacity.Capacity(default, "auto: the devices report no memory limit; the default")
+    if local:
+        return capacity.Capacity(default, f"auto: the judge {', '.join(local)} shares the devices and its memory is "
+                                          f"not estimated; the default (--batch-size N to choose)", limit)
+    chat = ChatTokenizer(tokenizer, protocol.template, model.config.num_image_tokens, max_length=2**31 - 1)
+    ids = []
+    for prompt in (p for b in benchmarks for p in b.prompts):
+        with contextlib.suppress(SampleError):  # such a prompt is skipped by the run too
+            ids.append(chat.encode_prompt([_turn(prompt)], image=prompt.image is not None))
+    image_token = None if model.config.vision is None else model.config.image_token_id
+    geometry = capacity.geometry(ids, image_token, protocol.sampling.max_new_tokens)
+    sized = capacity.estimate(model, geometry, mesh, limit, protocol.sampling)
+    slots = int(multihost_utils.broadcast_one_to_all(np.int32(sized.slots)))
+    return dataclasses.replace(sized, slots=slots)
 
 
 def _prepare(prompts: list[Prompt], chat, images, image_config) -> passes.Prepared:
@@ -192,13 +225,16 @@ def _prepare(prompts: list[Prompt], chat, images, image_config) -> passes.Prepar
                 if images is None:
                     raise ImageError(f"image '{prompt.image}': no image root given (--images)")
                 pixel = images.pixels(prompt.image, image_config)
-            turn = Turn("user", prompt.text, prompt.metadata.get("input", ""))
-            prepared.ids.append(chat.encode_prompt([turn], image=prompt.image is not None))
+            prepared.ids.append(chat.encode_prompt([_turn(prompt)], image=prompt.image is not None))
             prepared.pixels.append(pixel)
             prepared.kept.append(prompt)
         except (ImageError, SampleError) as e:
             prepared.failed.append({"id": prompt.id, "reason": str(e)})
     return prepared
+
+
+def _turn(prompt: Prompt) -> Turn:
+    return Turn("user", prompt.text, prompt.metadata.get("input", ""))
 
 
 def _base_record(prompt: Prompt) -> dict:
