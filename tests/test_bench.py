@@ -197,3 +197,58 @@ def test_run_reports_the_eval_workload_ratios(tmp_path, monkeypatch):
     for key in keys:
         assert isinstance(results["ratios"][key], float) and results["ratios"][key] > 0, key
     assert results["ratios"]["eval_workload_vs_torch"] == figures.get("ratio_vs_torch")
+
+
+def test_mfu_over_100_percent_is_a_failed_measurement():
+    from vlguard_jax.bench.peak import format_mfu, mfu
+
+    assert mfu(0.5e9, 2e9) == {"mfu": 0.25, "mfu_valid": True}
+    assert format_mfu(mfu(0.5e9, 2e9)) == "MFU 25.0%"
+    assert mfu(2e9, 2e9)["mfu_valid"]  # the peak itself is reachable
+    over = mfu(2.042e9, 2e9)
+    assert over == {"mfu": pytest.approx(1.021), "mfu_valid": False}
+    assert format_mfu(over) == "MFU n/a (measurement failed: >100%)"
+
+
+def test_the_peak_is_the_best_probe_or_the_datasheet():
+    from vlguard_jax.bench.peak import PeakProbes, datasheet_peak
+
+    rates = iter([1e9, 3e9, 2e9])
+    probes = PeakProbes(lambda: {"flops_per_s": next(rates)})
+    assert [probes.take() for _ in range(3)] == [1e9, 3e9, 2e9]
+    assert probes.reference(None) == {"flops_per_s": 3e9, "source": "best of 3 matmul probes"}
+    assert probes.reference(989e12) == {"flops_per_s": 989e12, "source": "datasheet"}
+    kinds = {"NVIDIA H100 80GB HBM3": 989e12,  # the kinds devices report (v5p's is "TPU v5") "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+             "NVIDIA H200": 989e12, "NVIDIA GH200 480GB": 989e12, "NVIDIA A100-SXM4-40GB": 312e12,
+             "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v4": 275e12, "cpu": None}
+    assert {kind: datasheet_peak(kind) for kind in kinds} == kinds
+
+
+def test_run_divides_by_the_best_probe_and_flags_mfu_over_100_percent(tmp_path, monkeypatch, capsys):
+    """A loaded first probe (1 GFLOP/s) would put both steps over 100%; against the best probe (2.5) LoRA's is
+    valid and the full step's (3 GFLOP/s of model FLOPs) is flagged."""
+    from vlguard_jax.bench import run as bench_run
+
+    def train(size, mode, torch_side, repeats):
+        flops = {"lora": 2e9, "full": 3e9}[mode]
+        return {"tokens_per_s": 1.0, "step_s": 1.0, "compile_s": 0.0, "model_flops_per_s": flops,
+                "torch": {"tokens_per_s": 1.0, "model_flops_per_s": 1e9}, "ratio_vs_torch": 1.0}
+
+    rates = iter([1e9, 2.5e9])
+    monkeypatch.setattr(bench_run, "_train", train)
+    monkeypatch.setattr(bench_run, "measured_matmul_peak",
+                        lambda: {"flops_per_s": next(rates), "dtype": "float32", "size": 0})
+    monkeypatch.setattr(bench_run, "RATIO_SIZE", "tiny")
+    out = tmp_path / "bench.json"
+    bench_run.run(["tiny"], out, repeats=1, decode_batches=(), pipeline=False, eval_workload=False)
+    results = json.loads(out.read_text())
+    assert results["peak"]["probes_flops_per_s"] == [1e9, 2.5e9]
+    assert results["peak"]["mfu_peak_flops_per_s"] == 2.5e9
+    train = results["sizes"]["tiny"]["train"]
+    assert train["lora"]["mfu"] == pytest.approx(0.8) and train["lora"]["mfu_valid"]
+    assert train["full"]["mfu"] == pytest.approx(1.2) and not train["full"]["mfu_valid"]
+    assert train["full"]["torch"]["mfu"] == pytest.approx(0.4) and train["full"]["torch"]["mfu_valid"]
+    assert results["mfu"]["full_train_step_valid"] is False and results["mfu"]["lora_train_step"] == pytest.approx(0.8)
+    printed = capsys.readouterr().out
+    assert " tiny full train: MFU n/a (measurement failed: >100%) | torch MFU 40.0%" in printed
+    assert " tiny lora train: MFU 80.0% | torch MFU 40.0%" in printed

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlguard_jax.bench.shapes import BenchSize
+from vlguard_jax.bench.traffic import decode_traffic
 from vlguard_jax.bench.workload import pixels, prompt_ids, train_batch
 from vlguard_jax.config import Config, LoraSection, ModelConfig, TrainConfig
 from vlguard_jax.generate import Generator, SamplingConfig
@@ -46,9 +47,9 @@ def train_step(size: BenchSize, mode: str, dtype) -> tuple[Callable[[], None], d
     return run, {"compile_s": compile_s, "xla_flops_scan_bodies_once": float(cost.get("flops", 0.0))}
 
 
-def decode(size: BenchSize, rows: int, prompt_len: int, new_tokens: int, dtype) -> tuple[Callable[[], None], float]:
-    """A warmed-up greedy `run()` producing exactly `new_tokens` per row (no stop id), and the seconds of the
-    first call (compile + one run)."""
+def decode(size: BenchSize, rows: int, prompt_len: int, new_tokens: int, dtype) -> tuple[Callable[[], None], dict]:
+    """A warmed-up greedy `run()` producing exactly `new_tokens` per row (no stop id), and facts: the seconds of the
+    first call (compile + one run) and the decode step's memory traffic (`traffic.decode_traffic`)."""
     model = make_model(size.model, run_config(size, "full", dtype))
     prompts = list(prompt_ids(size.model, rows, prompt_len))
     images = list(pixels(size.model, rows))
@@ -63,4 +64,4 @@ def decode(size: BenchSize, rows: int, prompt_len: int, new_tokens: int, dtype) 
     def run() -> None:
         np.asarray(generator.generate(prompts, images, sampling)[0])
 
-    return run, first_call_s
+    return run, {"first_call_s": first_call_s, **decode_traffic(model, rows, prompt_len + new_tokens)}

@@ -2,7 +2,8 @@
 JSON after every measurement (a long run that dies keeps what it measured).
 
 Model FLOPs come from `plan.train_flops` (stated there: frozen-base LoRA has no weight-gradient matmuls);
-MFU divides them by the step time and the peak. XLA's cost analysis is reported beside them, but it counts a
+MFU divides them by the step time and the peak (`peak`: the datasheet's on an accelerator, else the best matmul
+probe, probed before and after each size). XLA's cost analysis is reported beside them, but it counts a
 scanned layer stack's body once, so it undercounts whole models by about the number of layers.
 """
 
@@ -20,7 +21,7 @@ import jax
 
 from vlguard_jax.bench import eval_workload as eval_bench
 from vlguard_jax.bench import ours
-from vlguard_jax.bench.peak import compute_dtype, datasheet_peak, measured_matmul_peak
+from vlguard_jax.bench.peak import PeakProbes, compute_dtype, datasheet_peak, format_mfu, measured_matmul_peak, mfu
 from vlguard_jax.bench.pipeline import samples_per_second
 from vlguard_jax.bench.shapes import SIZES, BenchSize
 from vlguard_jax.bench.timing import alternate
@@ -55,7 +56,7 @@ def _skip_reason(size: BenchSize, mode: str) -> str | None:
     return None
 
 
-def _train(size: BenchSize, mode: str, peak: float, datasheet: float | None, torch_side, repeats: int) -> dict:
+def _train(size: BenchSize, mode: str, torch_side, repeats: int) -> dict:
     run_ours, facts = ours.train_step(size, mode, compute_dtype())
     run_theirs = torch_side.train_step(size, mode) if torch_side else None
     ours_s, theirs_s = alternate(run_ours, run_theirs, repeats)
@@ -64,22 +65,22 @@ def _train(size: BenchSize, mode: str, peak: float, datasheet: float | None, tor
     result = {"rows": size.train_rows, "seq_len": size.train_len, "step_s": ours_s, "tokens_per_s": tokens / ours_s,
               "compile_s": facts["compile_s"], "model_flops_per_token": flops / tokens,
               "model_flops_per_step": flops, "xla_flops_per_step_scan_bodies_once": facts["xla_flops_scan_bodies_once"],
-              "mfu_measured_peak": flops / ours_s / peak,
-              "mfu_datasheet_peak": flops / ours_s / datasheet if datasheet else None}
+              "model_flops_per_s": flops / ours_s}
     if theirs_s is not None:
-        result["torch"] = {"step_s": theirs_s, "tokens_per_s": tokens / theirs_s,
-                           "mfu_measured_peak": flops / theirs_s / peak}
+        result["torch"] = {"step_s": theirs_s, "tokens_per_s": tokens / theirs_s, "model_flops_per_s": flops / theirs_s}
         result["ratio_vs_torch"] = theirs_s / ours_s
     return result
 
 
 def _decode(size: BenchSize, rows: int, torch_side, repeats: int) -> dict:
-    run_ours, first_ours = ours.decode(size, rows, DECODE_PROMPT, DECODE_NEW_TOKENS, compute_dtype())
+    run_ours, facts = ours.decode(size, rows, DECODE_PROMPT, DECODE_NEW_TOKENS, compute_dtype())
     run_theirs, _ = torch_side.decode(size, rows, DECODE_PROMPT, DECODE_NEW_TOKENS) if torch_side else (None, None)
     ours_s, theirs_s = alternate(run_ours, run_theirs, repeats)
     tokens = rows * DECODE_NEW_TOKENS
+    first_call_s = facts.pop("first_call_s")
     result = {"batch": rows, "prompt_tokens": DECODE_PROMPT, "new_tokens": DECODE_NEW_TOKENS,
-              "seconds": ours_s, "tokens_per_s": tokens / ours_s, "compile_s": max(first_ours - ours_s, 0.0)}
+              "seconds": ours_s, "tokens_per_s": tokens / ours_s, "compile_s": max(first_call_s - ours_s, 0.0),
+              **facts}
     if theirs_s is not None:
         result["torch"] = {"seconds": theirs_s, "tokens_per_s": tokens / theirs_s}
         result["ratio_vs_torch"] = theirs_s / ours_s
@@ -114,19 +115,16 @@ def run(sizes: list[str], out: Path | None, repeats: int = 3, decode_batches: tu
                                                      f"{os.cpu_count()} cores", "jax": jax.__version__,
                "torch": torch_side.torch.__version__ if torch_side else "not installed: pip install -e '.[test]'",
                "compute_dtype": compute_dtype().name, "repeats": repeats, "sizes": {}}
-    peak = measured_matmul_peak()
+    probes = PeakProbes(measured_matmul_peak)
     datasheet = datasheet_peak(device.device_kind)
-    results["peak"] = {"measured_matmul_flops_per_s": peak["flops_per_s"], "matmul": peak,
-                       "datasheet_flops_per_s": datasheet}
-    _print(f"matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['dtype']}, {peak['size']}³)")
+    _probe(probes, datasheet, results)
     _write(out, results)
     for name in sizes:
         size = SIZES[name]
         entry = results["sizes"].setdefault(name, {"parameters": size.parameters, "train": {}, "decode": {}})
         for mode in ("lora", "full"):
             reason = _skip_reason(size, mode)
-            entry["train"][mode] = {"skipped": reason} if reason else _train(
-                size, mode, peak["flops_per_s"], datasheet, torch_side, repeats)
+            entry["train"][mode] = {"skipped": reason} if reason else _train(size, mode, torch_side, repeats)
             _print_train(name, mode, entry["train"][mode])
             _write(out, results)
             gc.collect()
@@ -144,15 +142,34 @@ def run(sizes: list[str], out: Path | None, repeats: int = 3, decode_batches: tu
             _print_eval(name, entry["eval_workload"])
             _write(out, results)
             gc.collect()
+        _probe(probes, datasheet, results)
+        _write(out, results)
     if pipeline:
         results["pipeline"] = samples_per_second()
         _print(f"input pipeline: {results['pipeline']['samples_per_s']:.0f} samples/s at 336 px")
-    results["ratios"], results["mfu"] = _summaries(results["sizes"].get(RATIO_SIZE, {}))
+    results["ratios"], results["mfu"] = _summaries(results["sizes"].get(RATIO_SIZE, {}), results["peak"])
+    _print_mfu(results)
     _write(out, results)
     return results
 
 
-def _summaries(entry: dict) -> tuple[dict, dict]:
+def _probe(probes: PeakProbes, datasheet: float | None, results: dict) -> None:
+    """Takes a peak probe and sets every train figure's MFU against the peak that now holds."""
+    flops = probes.take()
+    _print(f"matmul peak probe {len(probes.flops_per_s)}: {flops / 1e9:.1f} GFLOP/s ({probes.last['dtype']}, "
+           f"{probes.last['size']}³)")
+    reference = probes.reference(datasheet)
+    results["peak"] = {"probes_flops_per_s": probes.flops_per_s, "matmul": probes.last,
+                       "datasheet_flops_per_s": datasheet, "mfu_peak_flops_per_s": reference["flops_per_s"],
+                       "mfu_peak_source": reference["source"]}
+    for entry in results["sizes"].values():
+        for figures in entry["train"].values():
+            for side in (figures, figures.get("torch")):
+                if side and "model_flops_per_s" in side:
+                    side.update(mfu(side["model_flops_per_s"], reference["flops_per_s"]))
+
+
+def _summaries(entry: dict, peak: dict) -> tuple[dict, dict]:
     train, decode = entry.get("train", {}), entry.get("decode", {})
     evaluation = entry.get("eval_workload", {})
     ratios = {"lora_train_step_vs_torch": train.get("lora", {}).get("ratio_vs_torch"),
@@ -161,9 +178,11 @@ def _summaries(entry: dict) -> tuple[dict, dict]:
               "eval_workload_vs_static": evaluation.get("ratio_vs_static"),
               "eval_workload_vs_torch": evaluation.get("ratio_vs_torch"),
               "multi_adapter_vs_sequential": evaluation.get("multi_adapter", {}).get("ratio_vs_sequential")}
-    mfu = {"lora_train_step": train.get("lora", {}).get("mfu_measured_peak"),
-           "full_train_step": train.get("full", {}).get("mfu_measured_peak")}
-    return ratios, mfu
+    summary = {"peak_flops_per_s": peak["mfu_peak_flops_per_s"], "peak_source": peak["mfu_peak_source"]}
+    for mode in ("lora", "full"):
+        summary[f"{mode}_train_step"] = train.get(mode, {}).get("mfu")
+        summary[f"{mode}_train_step_valid"] = train.get(mode, {}).get("mfu_valid")
+    return ratios, summary
 
 
 def _print(line: str) -> None:
@@ -173,10 +192,21 @@ def _print(line: str) -> None:
 def _print_train(name: str, mode: str, r: dict) -> None:
     if "skipped" in r:
         return _print(f"{name:>5} {mode:<4} train: skipped ({r['skipped']})")
-    torch_part = (f" | torch {r['torch']['tokens_per_s']:8.1f} tok/s, MFU {r['torch']['mfu_measured_peak']:.1%}"
-                  f" | ours/torch {r['ratio_vs_torch']:.2f}×") if "torch" in r else ""
-    _print(f"{name:>5} {mode:<4} train: {r['tokens_per_s']:8.1f} tok/s, step {r['step_s']:.3f} s, "
-           f"MFU {r['mfu_measured_peak']:.1%} (compile {r['compile_s']:.1f} s){torch_part}")
+    torch_part = (f" | torch {r['torch']['tokens_per_s']:8.1f} tok/s | ours/torch {r['ratio_vs_torch']:.2f}×"
+                  if "torch" in r else "")
+    _print(f"{name:>5} {mode:<4} train: {r['tokens_per_s']:8.1f} tok/s, step {r['step_s']:.3f} s "
+           f"(compile {r['compile_s']:.1f} s){torch_part}")
+
+
+def _print_mfu(results: dict) -> None:
+    """MFU of every train step against the run's final peak (printed last: a later probe may raise the best)."""
+    peak = results["peak"]
+    _print(f"MFU against {peak['mfu_peak_source']}: {peak['mfu_peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    for name, entry in results["sizes"].items():
+        for mode, r in entry["train"].items():
+            if "mfu" in r:
+                torch_part = f" | torch {format_mfu(r['torch'])}" if "torch" in r else ""
+                _print(f"{name:>5} {mode:<4} train: {format_mfu(r)}{torch_part}")
 
 
 def _print_decode(name: str, r: dict, rows: int) -> None:
@@ -184,7 +214,9 @@ def _print_decode(name: str, r: dict, rows: int) -> None:
         return _print(f"{name:>5} decode b{rows}: skipped ({r['skipped']})")
     torch_part = (f" | torch {r['torch']['tokens_per_s']:8.1f} tok/s | ours/torch {r['ratio_vs_torch']:.2f}×"
                   if "torch" in r else "")
-    _print(f"{name:>5} decode b{rows}: {r['tokens_per_s']:8.1f} tok/s (compile {r['compile_s']:.1f} s){torch_part}")
+    _print(f"{name:>5} decode b{rows}: {r['tokens_per_s']:8.1f} tok/s (compile {r['compile_s']:.1f} s), "
+           f"{r['bytes_per_token'] / 1e6:.0f} MB/token = {r['bytes_per_token_vs_weights_and_cache']:.2f}× "
+           f"weights + KV cache{torch_part}")
 
 
 def _print_eval(name: str, r: dict) -> None:

@@ -8,9 +8,9 @@ computed (activations). The count chosen is the largest multiple of the mesh's d
 first insert fit in a fraction of the device's memory limit. The insert fills every slot at once with its rows
 rounded up to a power of two, as the engine rounds them: that, not the decode step, often binds.
 
-The programs are equivalents built from the engine's public pieces (`forward`, `pick`, `KVCache`): one prefill of
-the whole prompt with its image, where the engine prefills the shared prefix and the suffix in turn, and one decode
-step, where the engine loops over it. Their buffers are the engine's, if anything larger. Devices that report no
+The programs are equivalents built from the engine's public pieces (`forward`, `decode_step`, `pick`, `KVCache`):
+one prefill of the whole prompt with its image, where the engine prefills the shared prefix and the suffix in
+turn, and one decode step with the layers' weights sliced as the engine slices them, where the engine loops. Their buffers are the engine's, if anything larger. Devices that report no
 memory limit (CPU) keep `DEFAULT_SLOTS`.
 """
 
@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from vlguard_jax.config import ConfigError
 from vlguard_jax.generate.engine import Geometry, split_point
 from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, bucket, decoder, forward, pick
+from vlguard_jax.generate.step import decode_step, layer_weights
 from vlguard_jax.models.llama import KVCache
 from vlguard_jax.parallel import fit_spec, logical_to_spec
 
@@ -167,9 +168,9 @@ def measure(model, geom: Geometry, slots: int, mesh: Mesh | None = None,
     def decode(state, s: _Slots) -> _Slots:
         write = jnp.full(slots, prompt, jnp.int32)
         mask = s.mask | (jnp.arange(length) == write[:, None])
-        logits, cache = forward(nnx.merge(graphdef, state), s.token[:, None], None, mask, s.position[:, None],
-                                s.cache, write)
-        token = pick(logits[:, -1], jax.random.key(0), 0, stops, sampling)
+        model = nnx.merge(graphdef, state)  # the engine's decode: each layer's weights sliced once, then the step
+        logits, cache = decode_step(model, layer_weights(model), s.token, mask, s.position, s.cache, write)
+        token = pick(logits, jax.random.key(0), 0, stops, sampling)
         return _Slots(cache, mask, token, s.position + 1, s.out.at[:, 0].set(token))
 
     def insert(state, s: _Slots, ids, pixels, row_mask) -> _Slots:

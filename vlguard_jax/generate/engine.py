@@ -28,6 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, bucket, decoder, forward, pick
+from vlguard_jax.generate.step import decode_step, layer_weights
 from vlguard_jax.models.adapters import count_adapters, select_adapter, stack_adapters
 from vlguard_jax.models.llama import KVCache, LlamaForCausalLM
 from vlguard_jax.parallel import check_rows, constrain, place_replicated
@@ -268,6 +269,7 @@ class Engine:
 
         def decode(state, adapters, slots: Slots, want):
             model = self._model(state, adapters)
+            layers = layer_weights(model)  # once per call: every step then reads each weight once
             cache_slots, new_slots = jnp.arange(slots.mask.shape[1]), jnp.arange(geometry.new)
 
             def cond(s: Slots):
@@ -283,9 +285,9 @@ class Engine:
                 write = start + count - 1  # the emitted token's cache position
                 mask = s.mask | (emit[:, None] & (cache_slots == write[:, None]))
                 position = s.position + 1
-                logits, cache = forward(model, s.token[:, None], None, mask, position[:, None], s.cache, write)
+                logits, cache = decode_step(model, layers, s.token, mask, position, s.cache, write)
                 key, sub = jax.random.split(s.key)
-                token = pick(logits[:, -1], sub, count, s.stops, sampling)
+                token = pick(logits, sub, count, s.stops, sampling)
                 return Slots(cache, mask, token, position, count, s.limit, s.stops, done, out, key)
 
             slots = jax.lax.while_loop(cond, body, slots)

@@ -1,10 +1,11 @@
 """The static engine: one jitted prefill of a left-padded batch, then the whole decode loop on device.
 
 Prompts are left-padded to a length bucket and the batch is padded to a fixed size, so one compiled function
-serves every batch of a benchmark. Decoding is a single `lax.while_loop` over a KV cache; each row stops at
-its first stop token (EOS by default) or its own token limit, and the loop ends when every row has stopped: a
-batch costs its longest row (`engine.Engine` refills a finished row's slot instead). It also gives the next
-token's log-probabilities of a batch of prompts (multiple-choice scoring).
+serves every batch of a benchmark. Decoding is a single `lax.while_loop` of `step.decode_step` over a KV cache
+(the layers' weights sliced before it); each row stops at its first stop token (EOS by default) or its own token
+limit, and the loop ends when every row has stopped: a batch costs its longest row (`engine.Engine` refills a
+finished row's slot instead). It also gives the next token's log-probabilities of a batch of prompts
+(multiple-choice scoring).
 
 On a mesh the weights stay sharded as the model holds them (fsdp / tensor), the batch is split along
 `data` × `fsdp` and the KV cache along batch and kv heads. Every process passes the same host batch and takes
@@ -26,6 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, bucket, decoder, forward, pick
+from vlguard_jax.generate.step import decode_step, layer_weights
 from vlguard_jax.models.llama import KVCache, LlamaForCausalLM
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.parallel import check_rows, place_rows
@@ -47,6 +49,7 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, limits, st
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     done = jnp.zeros(batch, bool)
     last_position = positions[:, -1]
+    layers = layer_weights(model)
 
     def cond(carry):
         i, _, _, _, _, done, _, _ = carry
@@ -58,9 +61,9 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, limits, st
         done = done | jnp.isin(token, stop_ids) | (i + 1 >= limits)
         position = position + 1
         cache_mask = cache_mask.at[:, prompt_len + i].set(True)
-        logits, cache = forward(model, token[:, None], None, cache_mask, position[:, None], cache, prompt_len + i)
+        logits, cache = decode_step(model, layers, token, cache_mask, position, cache, prompt_len + i)
         key, sub = jax.random.split(key)
-        return i + 1, cache, cache_mask, pick(logits[:, -1], sub, i + 1, stop_ids, sampling), position, done, out, key
+        return i + 1, cache, cache_mask, pick(logits, sub, i + 1, stop_ids, sampling), position, done, out, key
 
     carry = (jnp.int32(0), cache, cache_mask, token, last_position, done, out, key)
     return jax.lax.while_loop(cond, body, carry)[6]
