@@ -31,7 +31,6 @@ from jax.sharding import PartitionSpec
 IMPLEMENTATIONS = ("auto", "ours", "xla", "cudnn", "splash")
 AUTO = {"gpu": "cudnn", "tpu": "splash", "cpu": "ours"}
 FALLBACK = {"gpu": "xla", "tpu": "ours", "cpu": "ours"}
-KERNEL_PLATFORM = {"cudnn": "gpu", "splash": "tpu"}
 PADDINGS = ("none", "right", "left", "unknown")  # where a row's padding sits; unknown: only a mask can say
 SPLASH_BLOCK = 128  # splash's tile (its default block sizes): sequences are padded to a multiple of it
 
@@ -62,17 +61,17 @@ def resolve(requested: str, platform: str, *, head_dim: int | None = None, dtype
     one when it falls back. `cudnn` needs a GPU; `splash` runs anywhere (interpreted off a TPU)."""
     check_implementation(requested)
     name = AUTO.get(platform, "ours") if requested == "auto" else requested
-    dense = FALLBACK.get(platform, "ours")
+    fallback = FALLBACK.get(platform, "ours")
     if name == "cudnn":
         if platform != "gpu":
             raise ValueError(f"attention 'cudnn' needs a GPU; this runs on {platform} (use auto, ours or xla)")
         if dtype is not None and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
-            return Choice(dense, f"cuDNN flash attention takes bfloat16/float16, not {jnp.dtype(dtype).name}")
+            return Choice(fallback, f"cuDNN flash attention takes bfloat16/float16, not {jnp.dtype(dtype).name}")
         if head_dim is not None and (head_dim % 8 or head_dim > 128):
-            return Choice(dense, f"cuDNN flash attention takes head dims that are multiples of 8 up to 128, "
+            return Choice(fallback, f"cuDNN flash attention takes head dims that are multiples of 8 up to 128, "
                                  f"not {head_dim}")
         if padding == "unknown":
-            return Choice(dense, "the rows' padding side is not known, so it cannot become sequence lengths")
+            return Choice(fallback, "the rows' padding side is not known, so it cannot become sequence lengths")
     return Choice(name)
 
 
