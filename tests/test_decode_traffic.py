@@ -31,14 +31,27 @@ def test_decode_step_is_the_models_forward_over_one_token():
     _, cache = forward(model, ids, None, jnp.asarray(mask), positions, KVCache.zeros(cfg, rows, slots), 0)
     mask[:, prompt] = True
     token, position = jnp.asarray([7, 11], jnp.int32), positions[:, -1] + 1
-    for index in (jnp.int32(prompt), jnp.full(rows, prompt, jnp.int32)):  # one slot, or one per row
+    sliced = layer_weights(model)  # on this CPU: the layers sliced once; None: the stack scanned (TPU, GPU)
+    assert sliced is not None and len(sliced) == cfg.num_layers
+    for index, layers in [(jnp.int32(prompt), sliced), (jnp.full(rows, prompt, jnp.int32), sliced),  # one slot,
+                          (jnp.int32(prompt), None)]:  # or one per row; and the scan
         want_logits, want_cache = forward(model, token[:, None], None, jnp.asarray(mask), position[:, None], cache,
                                           index)
-        logits, new_cache = decode_step(model, layer_weights(model), token, jnp.asarray(mask), position, cache, index)
+        logits, new_cache = decode_step(model, layers, token, jnp.asarray(mask), position, cache, index)
         np.testing.assert_allclose(logits, want_logits[:, -1], atol=1e-5)
         for got, want in zip(new_cache, want_cache):
             np.testing.assert_allclose(got, want, atol=1e-5)
             assert np.abs(np.asarray(got)[:, :, :, prompt]).sum() > 0  # the new token's keys and values are written
+
+
+def test_layers_are_sliced_only_where_the_compiler_copies_scanned_slices(monkeypatch):
+    from vlguard_jax.generate import step
+
+    model = LlamaForCausalLM(SIZES["tiny"].model.text, rngs=nnx.Rngs(0))
+    for platform, sliced in (("cpu", True), ("tpu", False), ("gpu", False)):
+        monkeypatch.setattr(step, "current_platform", lambda: platform)
+        assert (step.layer_weights(model) is not None) == sliced
+        assert (traffic.decode_traffic(model, rows=1, slots=16)["bytes_per_token"] is not None) == sliced
 
 
 @pytest.fixture(scope="module")

@@ -214,9 +214,11 @@ def _print_decode(name: str, r: dict, rows: int) -> None:
         return _print(f"{name:>5} decode b{rows}: skipped ({r['skipped']})")
     torch_part = (f" | torch {r['torch']['tokens_per_s']:8.1f} tok/s | ours/torch {r['ratio_vs_torch']:.2f}×"
                   if "torch" in r else "")
+    traffic = ("the step scans its layers: bytes per token not counted" if r["bytes_per_token"] is None else
+               f"{r['bytes_per_token'] / 1e6:.0f} MB/token = {r['bytes_per_token_vs_weights_and_cache']:.2f}× "
+               f"weights + KV cache")
     _print(f"{name:>5} decode b{rows}: {r['tokens_per_s']:8.1f} tok/s (compile {r['compile_s']:.1f} s), "
-           f"{r['bytes_per_token'] / 1e6:.0f} MB/token = {r['bytes_per_token_vs_weights_and_cache']:.2f}× "
-           f"weights + KV cache{torch_part}")
+           f"{traffic}{torch_part}")
 
 
 def _print_eval(name: str, r: dict) -> None:

@@ -61,7 +61,12 @@ def step_bytes(model, rows: int, slots: int) -> float:
 
 
 def decode_traffic(model, rows: int, slots: int) -> dict:
-    """Bytes per generated token of one decode step, and their ratio to what the step must read."""
-    moved, needed = step_bytes(model, rows, slots), must_read(model, rows, slots)
+    """Bytes per generated token of one decode step, and their ratio to what the step must read (None where the
+    step scans its layers: XLA would count one layer's)."""
+    needed = must_read(model, rows, slots)
+    if jax.eval_shape(lambda: layer_weights(model)) is None:
+        return {"bytes_per_token": None, "weights_and_cache_bytes_per_token": needed / rows,
+                "bytes_per_token_vs_weights_and_cache": None}
+    moved = step_bytes(model, rows, slots)
     return {"bytes_per_token": moved / rows, "weights_and_cache_bytes_per_token": needed / rows,
             "bytes_per_token_vs_weights_and_cache": moved / needed}

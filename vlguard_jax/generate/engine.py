@@ -269,7 +269,7 @@ class Engine:
 
         def decode(state, adapters, slots: Slots, want):
             model = self._model(state, adapters)
-            layers = layer_weights(model)  # once per call: every step then reads each weight once
+            layers = layer_weights(model)  # once per call where the backend would copy them every step
             cache_slots, new_slots = jnp.arange(slots.mask.shape[1]), jnp.arange(geometry.new)
 
             def cond(s: Slots):

@@ -2,7 +2,7 @@
 
 Prompts are left-padded to a length bucket and the batch is padded to a fixed size, so one compiled function
 serves every batch of a benchmark. Decoding is a single `lax.while_loop` of `step.decode_step` over a KV cache
-(the layers' weights sliced before it); each row stops at its first stop token (EOS by default) or its own token
+(on a CPU, the layers' weights sliced before it); each row stops at its first stop token (EOS by default) or its own token
 limit, and the loop ends when every row has stopped: a batch costs its longest row (`engine.Engine` refills a
 finished row's slot instead). It also gives the next token's log-probabilities of a batch of prompts
 (multiple-choice scoring).
