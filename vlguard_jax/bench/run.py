@@ -12,13 +12,12 @@ from __future__ import annotations
 import datetime
 import gc
 import importlib.util
-import json
 import os
 import platform
-from pathlib import Path
 
 import jax
 
+from vlguard_jax import storage
 from vlguard_jax.bench import eval_workload as eval_bench
 from vlguard_jax.bench import ours
 from vlguard_jax.bench.peak import PeakProbes, compute_dtype, datasheet_peak, format_mfu, measured_matmul_peak, mfu
@@ -37,11 +36,9 @@ EVAL_ADAPTER_PROMPTS = 6
 EVAL_REPEATS_CPU = 1  # the evaluation workload's timed repeats on a CPU, at most (each is minutes there)
 
 
-def _write(out: Path | None, results: dict) -> None:
+def _write(out: storage.PathLike | None, results: dict) -> None:
     if out is not None:
-        partial = out.with_name(out.name + ".partial")
-        partial.write_text(json.dumps(results, indent=1))
-        os.replace(partial, out)
+        storage.write_json(out, results)
 
 
 def _skip_reason(size: BenchSize, mode: str) -> str | None:
@@ -102,7 +99,7 @@ def _torch_side():
     return theirs
 
 
-def run(sizes: list[str], out: Path | None, repeats: int = 3, decode_batches: tuple[int, ...] = (1, 32),
+def run(sizes: list[str], out: storage.PathLike | None, repeats: int = 3, decode_batches: tuple[int, ...] = (1, 32),
         pipeline: bool = True, eval_workload: bool = True, eval_prompts: int = EVAL_PROMPTS,
         eval_slots: int = EVAL_SLOTS, eval_adapter_prompts: int = EVAL_ADAPTER_PROMPTS) -> dict:
     """`eval_*`: the evaluation workload (`bench.eval_workload`) on the EVAL_SIZES among `sizes`: its prompts,

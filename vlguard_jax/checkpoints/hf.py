@@ -21,8 +21,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from vlguard_jax import storage
 from vlguard_jax.checkpoints import names
-from vlguard_jax.checkpoints.tensors import CheckpointError, TensorFile, atomic_write_text, open_tensor_files, \
+from vlguard_jax.checkpoints.tensors import CheckpointError, TensorFile, open_tensor_files, \
     write_sharded
 from vlguard_jax.models.classifier import ClassifierConfig, LlamaForSequenceClassification
 from vlguard_jax.models.config import LlavaConfig, TextConfig
@@ -278,7 +279,7 @@ def save_pretrained(model: LlavaForConditionalGeneration, path: str | os.PathLik
     A model built from LLaVA's stage-1 parts keeps the LLM's vocabulary with `<image>` past its end, which
     transformers cannot look up: its embedding and lm_head get rows up to a multiple of 64 past `<image>`, as
     llava-hf's conversion gives, filled with the mean row (the `<image>` row is overwritten by image features)."""
-    path = Path(path)
+    path = storage.path(path)
     hf_config = model.config.to_hf()  # fails early for configs llava-hf cannot express
     vocab = model.config.text.vocab_size
     text_only = model.config.vision is None  # written as HF `LlamaForCausalLM`
@@ -303,6 +304,6 @@ def save_pretrained(model: LlavaForConditionalGeneration, path: str | os.PathLik
 
     write_sharded(tensors(), path, max_shard_bytes)
     stored = out_dtype or jnp.dtype(flat[0][1].dtype)
-    atomic_write_text(path / "config.json", json.dumps({**hf_config, "dtype": str(stored)}, indent=2))
+    storage.write_json(path / "config.json", {**hf_config, "dtype": str(stored)}, indent=2)
     return path
 

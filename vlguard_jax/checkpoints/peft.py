@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from vlguard_jax import storage
 from vlguard_jax.checkpoints import names
 from vlguard_jax.checkpoints.hf import save_pretrained
-from vlguard_jax.checkpoints.tensors import atomic_write_text, write_sharded
+from vlguard_jax.checkpoints.tensors import write_sharded
 from vlguard_jax.models.layers import Linear
 from vlguard_jax.models.lora import merge_lora
 
@@ -47,7 +48,7 @@ def export_merged(model: nnx.Module, out: str | Path) -> Path:
 
 def export_peft(model: nnx.Module, out: str | Path, *, alpha: float, dropout: float, rslora: bool,
                 base_model: str | None, projector: bool) -> Path:
-    out = Path(out)
+    out = storage.path(out)
     runtime = names.llama_name if model.config.vision is None else runtime_name  # LlamaForCausalLM's names
     projector = projector and model.multi_modal_projector is not None
     adapted = {".".join(map(str, p)): m for p, m in nnx.iter_graph(model)
@@ -71,9 +72,9 @@ def export_peft(model: nnx.Module, out: str | Path, *, alpha: float, dropout: fl
             kind = names.param_path(canonical)[2]
             tensors["base_model.model." + runtime_name(canonical)] = names.to_torch(kind, np.asarray(var[...]))
     write_sharded(tensors.items(), out)
-    (out / "model.safetensors").rename(out / "adapter_model.safetensors")
+    storage.move(out / "model.safetensors", out / "adapter_model.safetensors")
     config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": rslora,
               "target_modules": _module_regex(targets), "bias": "none", "task_type": None, "inference_mode": True,
               "base_model_name_or_path": base_model, "modules_to_save": ["multi_modal_projector"] if projector else None}
-    atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2))
+    storage.write_json(out / "adapter_config.json", config, indent=2)
     return out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -16,6 +15,8 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
+
+from vlguard_jax import storage
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -130,22 +131,23 @@ def write_sharded(tensors: Iterable[tuple[str, np.ndarray]], directory: str | os
 
     Arrays are consumed one at a time, so at most one shard is held in memory.
     """
-    directory = Path(directory)
+    directory = storage.path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, np.ndarray]] = []
     for shard in _group_by_size(tensors, max_shard_bytes):
         shards.append({k: np.empty(0) for k in shard})  # only the names are kept
-        _atomic_save(shard, directory / f"shard-{len(shards):05d}.tmp")
+        storage.write_file(directory / f"shard-{len(shards):05d}.tmp",
+                           lambda name, shard=shard: save_file(shard, name, metadata={"format": "pt"}))
     names = ["model.safetensors"] if len(shards) == 1 else [
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for i, name in enumerate(names):
-        os.replace(directory / f"shard-{i + 1:05d}.tmp", directory / name)
+        storage.move(directory / f"shard-{i + 1:05d}.tmp", directory / name)
     for stale in set(p.name for p in directory.glob("model*.safetensors")) - set(names):
         (directory / stale).unlink()  # shards of an earlier save with another shard count
     index_path = directory / SAFETENSORS_INDEX
     if len(shards) > 1:
         weight_map = {k: name for name, shard in zip(names, shards) for k in shard}
-        atomic_write_text(index_path, json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+        storage.write_json(index_path, {"metadata": {}, "weight_map": weight_map}, indent=2)
     elif index_path.exists():
         index_path.unlink()
     return names
@@ -162,21 +164,3 @@ def _group_by_size(tensors: Iterable[tuple[str, np.ndarray]], max_bytes: int) ->
         size += array.nbytes
     if shard:
         yield shard
-
-
-def _atomic_save(tensors: dict[str, np.ndarray], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from vlguard_jax import storage
 from vlguard_jax.data.sources import DataError
 
 
@@ -35,15 +34,9 @@ class Mixture:
         """All ids, part after part."""
         return [i for part in self.manifest["parts"].values() for i in part]
 
-    def write_manifest(self, path: str | os.PathLike) -> None:
-        """Atomically (temp file + rename): a process reading it meanwhile sees the old file or the whole new one."""
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(temporary, "w") as f:
-            json.dump(self.manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
+    def write_manifest(self, path: storage.PathLike) -> None:
+        """Atomically: a process reading it meanwhile sees the old file or the whole new one."""
+        storage.write_json(path, self.manifest, indent=1)
 
 
 def fingerprint(path: str | os.PathLike) -> dict:
