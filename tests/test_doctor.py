@@ -5,13 +5,14 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import jax
 import pytest
 import yaml
 
 import vlguard_jax.train.loop
+from vlguard_jax.train.loop import RunResult
+from vlguard_jax.train.totals import Totals
 from vlguard_jax import doctor
 from vlguard_jax.cli import main
 from vlguard_jax.config import load_config
@@ -80,10 +81,10 @@ def test_cpu_warning_for_a_7b_model_allocates_nothing(tmp_path):
 
 def test_train_warns_once_before_training(tmp_path, monkeypatch, capsys):
     ran = []
-    done = types.SimpleNamespace(status="finished", steps=0, total_steps=0, workdir=tmp_path)
+    done = RunResult(steps=0, total_steps=0, status="finished", workdir=tmp_path, totals=Totals())
     monkeypatch.setattr(vlguard_jax.train.loop, "train", lambda config, workdir: ran.append(workdir) or done)
     assert main(["train", "--config", str(seven_b_config(tmp_path)), "--workdir", str(tmp_path / "run")]) == 0
-    assert ran == [tmp_path / "run"] and capsys.readouterr().err.count("parameters on cpu") == 1
+    assert list(map(str, ran)) == [str(tmp_path / "run")] and capsys.readouterr().err.count("parameters on cpu") == 1
     assert main(["train", "--config", TINY_CONFIG, "--workdir", str(tmp_path / "tiny")]) == 0
     assert "parameters on cpu" not in capsys.readouterr().err
 

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from vlguard_jax import charts
 from vlguard_jax.config import Config, DataConfig, config_from_dict
 from vlguard_jax.data.images import ImageSource
 from vlguard_jax.data.recipes import synthetic_dataset
@@ -128,7 +129,9 @@ def run_demo(out: str | Path = "runs/demo", scale: float = 1.0) -> dict:
     after = evaluate_model(workdir, paths, out / "eval_after")
     summary = {"before": before, "after": after}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    _chart(summary, out / "summary.png")
+    charts.bars(out / "summary.png", [n.replace("_", "\n") for n in METRICS],
+                {stage: [summary[stage][n] for n in METRICS] for stage in summary}, "%",
+                title="VLGuard post-hoc fine-tuning on the tiny demo model")
     print(table(summary))
     return summary
 
@@ -137,25 +140,3 @@ def table(summary: dict) -> str:
     lines = ["| metric | before | after |", "|---|---|---|"]
     lines += [f"| {name} | {summary['before'][name]} | {summary['after'][name]} |" for name in METRICS]
     return "\n".join(lines)
-
-
-def _chart(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    names = list(METRICS)
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for offset, stage in ((-0.2, "before"), (0.2, "after")):
-        ax.bar(x + offset, [summary[stage][n] for n in names], width=0.4, label=stage)
-    ax.set_xticks(x, [n.replace("_", "\n") for n in names], fontsize=8)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("%")
-    ax.set_title("VLGuard post-hoc fine-tuning on the tiny demo model")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -27,9 +27,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vlguard_jax.buckets import bucket
 from vlguard_jax.config import ConfigError
 from vlguard_jax.generate.engine import Geometry, split_point
-from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, bucket, decoder, forward, pick
+from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, decoder, forward, pick
 from vlguard_jax.generate.step import decode_step, layer_weights
 from vlguard_jax.models.llama import KVCache
 from vlguard_jax.parallel import fit_spec, logical_to_spec

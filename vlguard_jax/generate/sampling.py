@@ -7,7 +7,6 @@ Logits are sampled in fp32 whatever the compute dtype; greedy by default; temper
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,13 +23,6 @@ class SamplingConfig:
     top_p: float = 1.0
     seed: int = 0
     min_new_tokens: int = 0  # stop tokens are banned before this many new tokens (VLGuard's eval uses 1)
-
-
-def bucket(length: int, buckets: Sequence[int] = PROMPT_BUCKETS) -> int:
-    for b in buckets:
-        if length <= b:
-            return b
-    raise ValueError(f"a prompt of {length} tokens exceeds the largest bucket {max(buckets)}")
 
 
 def sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:

@@ -26,7 +26,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, bucket, decoder, forward, pick
+from vlguard_jax.buckets import bucket
+from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, decoder, forward, pick
 from vlguard_jax.generate.step import decode_step, layer_weights
 from vlguard_jax.models.llama import KVCache, LlamaForCausalLM
 from vlguard_jax.models.llava import LlavaForConditionalGeneration

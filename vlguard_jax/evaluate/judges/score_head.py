@@ -31,22 +31,18 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vlguard_jax.buckets import bucket, powers_of_two
 from vlguard_jax.checkpoints.hf import load_sequence_classifier
 from vlguard_jax.evaluate.judges.base import Item, Judgment, register
 from vlguard_jax.parallel import check_rows, place_rows
 
 PROMPT_INPUT = "BEGINNING OF CONVERSATION: USER: {input} ASSISTANT:"
-MIN_BUCKET = 16
+MIN_BUCKET = 16  # a batch is padded to a power of two from here up, so few lengths ever compile
 
 
 def moderation_text(prompt: str, response: str, eos: str) -> str:
     text = PROMPT_INPUT.format(input=prompt) + response
     return text if text.endswith(eos) else text + eos
-
-
-def bucket(length: int) -> int:
-    """The power of two (at least `MIN_BUCKET`) a batch is padded to, so few lengths ever compile."""
-    return max(MIN_BUCKET, 1 << (length - 1).bit_length())
 
 
 def _probabilities(graphdef, state, input_ids, attention_mask) -> jax.Array:
@@ -69,6 +65,7 @@ class ScoreHeadJudge:
         self.labels = model.config.labels
         self.graphdef, self.state = nnx.split(model)
         self.batch_size, self.threshold, self.mesh, self.max_length = batch_size, threshold, mesh, max_length
+        self.buckets = powers_of_two(MIN_BUCKET, max_length)  # prompts are truncated to max_length
         replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
         self._forward = jax.jit(_probabilities, out_shardings=replicated)
         self._counts = dict.fromkeys(("prompt_tokens", "truncated"), 0)
@@ -80,7 +77,7 @@ class ScoreHeadJudge:
 
     def probabilities(self, prompts: Sequence[np.ndarray]) -> np.ndarray:
         """`[len(prompts), labels]` sigmoid probabilities of one batch (at most `batch_size` prompts)."""
-        length = bucket(max(len(p) for p in prompts))
+        length = bucket(max(len(p) for p in prompts), self.buckets)
         ids = np.zeros((self.batch_size, length), np.int32)
         mask = np.zeros((self.batch_size, length), bool)
         mask[:, 0] = True  # filler rows read their first token
