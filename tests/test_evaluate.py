@@ -73,7 +73,7 @@ def test_bad_images_and_rows_are_skipped_outside_denominators(setup, tmp_path):
     data.write_text(json.dumps(broken))
     try:
         assert main(["eval", "--model", str(root / "model"), "--benchmark", "vlguard", "--data", str(data),
-                     "--images", str(paths["images"]), "--out", str(tmp_path / "out"), "--max-new-tokens", "4"]) == 0
+                     "--images", str(paths["images"]), "--out", str(tmp_path / "out"), "--max-new-tokens", "4", "--max-skipped", "0.3"]) == 0
     finally:
         (tmp_path / "moved").rename(root / "data" / "images" / unsafe[0]["image"])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["benchmarks"]["vlguard_unsafes"]
@@ -136,7 +136,7 @@ def test_multiple_choice_picks_the_most_likely_letter(setup, tmp_path):
     data = tmp_path / "mc.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["eval", "--model", str(root / "model"), "--benchmark", "multiple_choice", "--data", str(data),
-                 "--out", str(tmp_path / "out"), "--batch-size", "4", "--dtype", "float32"]) == 0
+                 "--out", str(tmp_path / "out"), "--batch-size", "4", "--dtype", "float32", "--max-skipped", "0.2"]) == 0
     judged = [json.loads(l) for l in (tmp_path / "out" / "multiple_choice" / "responses.jsonl").open()]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["benchmarks"]["multiple_choice"]
     assert (summary["n"], summary["skipped"]) == (5, 1)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from vlguard_jax import storage
 from vlguard_jax.config import ConfigError
 from vlguard_jax.data.mixture import fingerprint as file_fingerprint
 from vlguard_jax.evaluate.protocols import Protocol
@@ -25,13 +26,13 @@ RESULT_FILES = ("responses.jsonl", "skips.jsonl", "figure.png")  # per benchmark
 
 def model_identity(path: str | os.PathLike) -> str:
     """Cheap: a training workdir's newest checkpoint step, or a checkpoint directory's config.json sha256."""
-    path = Path(path)
+    path = storage.path(path)
     checkpoints = path / "checkpoints"
     if (path / "config.yaml").exists() and checkpoints.is_dir():
         steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()]
         return f"checkpoint step {max(steps)}" if steps else "no checkpoint"
     if (path / "config.json").exists():
-        return f"config.json sha256 {file_fingerprint(path / 'config.json')['sha256'][:16]}"
+        return f"config.json sha256 {hashlib.sha256((path / 'config.json').read_bytes()).hexdigest()[:16]}"
     return "unknown"
 
 
@@ -39,12 +40,17 @@ def describe(model: str | os.PathLike, benchmarks: Sequence[str], data: Sequence
              images: str | os.PathLike | None, protocol: Protocol, dtype: str) -> dict:
     """The fingerprint of one `eval` invocation (paths resolved: `./ckpt` and `ckpt` are one model)."""
     return {
-        "model": str(Path(model).resolve()), "model_identity": model_identity(model),
+        "model": _resolved(model), "model_identity": model_identity(model),
         "benchmarks": list(benchmarks), "data": [str(Path(p).resolve()) for p in data],
         "data_sha256": [_sha256(p)[:16] for p in data],
-        "images": str(Path(images).resolve()) if images else None,
+        "images": _resolved(images) if images else None,
         **protocol.record(), "dtype": dtype,
     }
+
+
+def _resolved(path: str | os.PathLike) -> str:
+    """A local path made absolute (`./ckpt` and `ckpt` are one model); a URI as it is."""
+    return str(Path(path).resolve()) if storage.is_local(path) else os.fspath(path)
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -59,7 +65,7 @@ def _sha256(path: str | os.PathLike) -> str:
 
 def check(out_dir: str | os.PathLike, fingerprint: dict) -> bool:
     """Whether OUT already holds results of `fingerprint`; raises when it holds results of anything else."""
-    out_dir = Path(out_dir)
+    out_dir = storage.path(out_dir)
     path = out_dir / NAME
     if not path.exists():
         if _results(out_dir):
@@ -67,7 +73,7 @@ def check(out_dir: str | os.PathLike, fingerprint: dict) -> bool:
                               f"--out or --overwrite")
         return False
     try:
-        held = json.loads(path.read_text())
+        held = storage.read_json(path)
     except ValueError as e:
         raise ConfigError(f"{path}: unreadable ({e}); use another --out or --overwrite") from e
     fingerprint = json.loads(json.dumps(fingerprint))  # as read back: lists, not tuples
@@ -81,25 +87,20 @@ def check(out_dir: str | os.PathLike, fingerprint: dict) -> bool:
 
 def claim(out_dir: str | os.PathLike, fingerprint: dict) -> None:
     """Makes OUT hold results of `fingerprint` only: records it on first use, refuses another one."""
-    out_dir = Path(out_dir)
-    if check(out_dir, fingerprint):
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    temporary = out_dir / f".{NAME}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(fingerprint, indent=1))
-    os.replace(temporary, out_dir / NAME)
+    if not check(out_dir, fingerprint):
+        storage.write_text(storage.path(out_dir) / NAME, json.dumps(fingerprint, indent=1))
 
 
 def clear(out_dir: str | os.PathLike) -> None:
     """Removes the files an evaluation wrote (only those: OUT may be a directory holding other things)."""
-    out_dir = Path(out_dir)
+    out_dir = storage.path(out_dir)
     for path in _results(out_dir) + [out_dir / name for name in (NAME, *REPORT_FILES)]:
         path.unlink(missing_ok=True)
-        if path.parent != out_dir and not any(path.parent.iterdir()):
-            path.parent.rmdir()
+        if path.parent != out_dir and path.parent.is_dir() and not any(path.parent.iterdir()):
+            path.parent.rmdir()  # a local folder (an object store has no empty folders)
 
 
-def _results(out_dir: Path) -> list[Path]:
+def _results(out_dir: storage.Path) -> list[storage.Path]:
     if not out_dir.is_dir():
         return []
     return sorted(p for name in RESULT_FILES for p in out_dir.glob(f"*/{name}"))

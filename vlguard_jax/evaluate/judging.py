@@ -20,7 +20,8 @@ from vlguard_jax.evaluate.protocols import Protocol
 from vlguard_jax.evaluate.report import HARM_METRICS
 
 REFUSAL_JUDGES = ("keywords", "keywords_normalized")
-MODEL_JUDGES = ("llama_guard", "beaver_dam")  # local checkpoints, run on the evaluation's mesh
+MODEL_JUDGES = ("llama_guard", "beaver_dam")  # local checkpoints, run on the mesh by every process; the others
+# (keywords, the network judge openai) by process 0 alone, so each item is judged (and paid for) once per job
 PAIRWISE_RUBRICS = ("alpaca_eval", "vlguard_safe_safe")  # the others decide harm
 REFUSAL_METRICS = ("asr", "compliance", "refusal_rate", "harmful_score")
 
@@ -52,7 +53,7 @@ class JudgeOptions:
     url: str | None = None  # openai: the server's base URL (http://host:port/v1)
     model: str | None = None  # openai: the judge model's name; llama_guard, beaver_dam: its checkpoint directory
     api_key_env: str = "OPENAI_API_KEY"
-    cache_dir: str | os.PathLike | None = None  # openai: cached replies; a re-run sends nothing
+    cache_dir: str | os.PathLike | None = None  # openai: cached replies (a `storage` path); a re-run sends nothing
     concurrency: int = 8  # openai: requests in flight
     dtype: str = "bfloat16"  # model judges
 

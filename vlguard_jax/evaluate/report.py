@@ -8,8 +8,10 @@ can say when two runs were not made alike.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+from vlguard_jax import charts, storage
 from vlguard_jax.config import ConfigError
 from vlguard_jax.evaluate.protocols import describe
 
@@ -79,7 +81,7 @@ def _percent(part: float, whole: int) -> float | None:
 def write_report(out_dir: Path, summary: dict) -> None:
     """summary.json; report.md with the scores, each benchmark's judge and per-category tables; summary.png and
     one figure per benchmark (`BENCHMARK/figure.png`: its categories, or its one value)."""
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    storage.write_json(out_dir / "summary.json", summary)
     scores = summary["benchmarks"]
     lines = [describe(summary["settings"]), "", "| benchmark | metric | value | n | skipped | judge |",
              "|---|---|---|---|---|---|"]
@@ -98,61 +100,43 @@ def write_report(out_dir: Path, summary: dict) -> None:
             lines += [f"| {c} | {v['n']} | {v['value']} |" for c, v in s["categories"].items()]
             lines.append("")
         lines.append(f"![{name}]({name}/figure.png)")
-        values = s.get("categories") or {name: s}
-        _chart(out_dir / name / "figure.png", {c: v["value"] for c, v in values.items()}, METRIC_TITLES[s["metric"]])
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-    _chart(out_dir / "summary.png", {f"{n}\n{METRIC_TITLES[s['metric']]}": s["value"] for n, s in scores.items()}, "%")
+        values, title = s.get("categories") or {name: s}, METRIC_TITLES[s["metric"]]
+        charts.bars(out_dir / name / "figure.png", list(values), {title: [v["value"] for v in values.values()]}, title)
+    storage.write_text(out_dir / "report.md", "\n".join(lines) + "\n")
+    charts.bars(out_dir / "summary.png", [f"{n}\n{METRIC_TITLES[s['metric']]}" for n, s in scores.items()],
+                {"%": [s["value"] for s in scores.values()]}, "%")
 
 
-def _chart(path: Path, values: dict[str, float | None], label: str) -> None:
-    """Bars of `values` (None: no bar) on a 0–100 axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    names = list(values)
-    horizontal = len(names) > 12  # many categories (MMLU's 57 subjects) read better as rows
-    size = (6, max(3, 0.22 * len(names))) if horizontal else (max(4, 1.2 * len(names)), 3.5)
-    fig, ax = plt.subplots(figsize=size)
-    heights = [values[n] or 0.0 for n in names]
-    if horizontal:
-        ax.barh(range(len(names)), heights, color="#4c72b0")
-        ax.set_yticks(range(len(names)), names, fontsize=6)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 100)
-        ax.set_xlabel(label)
-    else:
-        ax.bar(range(len(names)), heights, color="#4c72b0")
-        ax.set_xticks(range(len(names)), names, fontsize=7)
-        ax.set_ylim(0, 100)
-        ax.set_ylabel(label)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, metadata={"Software": None})
-    plt.close(fig)
-
-
-def read_summary(out_dir: str | Path) -> dict:
-    path = Path(out_dir) / "summary.json"
-    summary = json.loads(path.read_text())
+def read_summary(out_dir: str | os.PathLike) -> dict:
+    path = storage.path(out_dir) / "summary.json"
+    summary = storage.read_json(path)
     if "benchmarks" not in summary:
         raise ConfigError(f"{path}: written by an earlier vlguard-jax, without its settings; run `eval` into "
-                          f"{Path(out_dir)} again (with --overwrite) to rewrite it")
+                          f"{storage.path(out_dir)} again (with --overwrite) to rewrite it")
     return summary
 
 
-def compare(dir_a: Path, dir_b: Path) -> str:
+def compare(dir_a: str | os.PathLike, dir_b: str | os.PathLike, allow_different_n: bool = False) -> str:
     """A markdown table of two evaluations' summaries (e.g. before and after safety fine-tuning), followed by the
-    settings in which they differ: a change of protocol or dtype moves the numbers too."""
+    settings in which they differ: a change of protocol or dtype moves the numbers too. A benchmark scored over
+    different N in the two (other skips, another sample) is refused unless `allow_different_n`, then noted."""
     summary_a, summary_b = read_summary(dir_a), read_summary(dir_b)
     a, b = summary_a["benchmarks"], summary_b["benchmarks"]
-    lines = [f"| benchmark | metric | {Path(dir_a).name} | {Path(dir_b).name} | change |", "|---|---|---|---|---|"]
+    counts = [f"{name} (n {a[name].get('n')} in {dir_a}, {b[name].get('n')} in {dir_b})" for name in a
+              if name in b and a[name].get("n") != b[name].get("n")]
+    if counts and not allow_different_n:
+        raise ConfigError(f"scored over different N: {'; '.join(counts)}; the difference would mix the change of "
+                          f"model with that of the rows (see each BENCHMARK/skips.jsonl); --allow-different-n to "
+                          f"compare anyway")
+    names = [storage.path(d).name for d in (dir_a, dir_b)]
+    lines = [f"| benchmark | metric | {names[0]} | {names[1]} | change |", "|---|---|---|---|---|"]
     for name in list(a) + [n for n in b if n not in a]:
         va, vb = a.get(name, {}).get("value"), b.get(name, {}).get("value")
         metric = (a.get(name) or b.get(name))["metric"]
         change = f"{vb - va:+.2f}" if va is not None and vb is not None else ""
         lines.append(f"| {name} | {METRIC_TITLES[metric]} | {va} | {vb} | {change} |")
+    if counts:
+        lines += ["", "Over different N: " + "; ".join(counts)]
     settings_a, settings_b = summary_a["settings"], summary_b["settings"]
     differ = [f"{k}: {settings_a.get(k)!r} → {settings_b.get(k)!r}" for k in {**settings_a, **settings_b}
               if k != "overridden" and settings_a.get(k) != settings_b.get(k)]

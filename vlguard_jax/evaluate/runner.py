@@ -7,7 +7,13 @@ shared between benchmarks); multiple choice is read from the static engine's nex
 prompt's greedy answer does not depend on the prompts beside it, so the files equal those of one uninterrupted
 run. Given a `fingerprint`
 (`fingerprint.describe`), DIR/run.json records it and a re-run with other settings is refused, not mixed in.
-`DIR/summary.json` holds the run's settings (its protocol and dtype) and each benchmark's scores.
+`DIR/summary.json` holds the run's settings (its protocol and dtype) and each benchmark's scores. DIR is any
+`storage` path (a local folder, `gs://…`).
+
+With several processes, process 0 alone reads and writes DIR (`hosts.decide`): it decides what is left and every
+process generates it together, so a pod whose hosts have their own disks resumes from process 0's. A network
+judge runs on process 0 alone (each item is paid for once); a model judge on the mesh, on every process. Skipped
+rows (`BENCHMARK/skips.jsonl`) past a benchmark's `max_skipped` stop the evaluation.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import dataclasses
 import json
 import math
 import os
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -27,12 +32,13 @@ from jax.experimental import multihost_utils
 from flax import nnx
 from jax.sharding import Mesh
 
+from vlguard_jax import storage
 from vlguard_jax.config import ConfigError
 from vlguard_jax.data.chat import ChatTokenizer, SampleError
 from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource
 from vlguard_jax.data.sources import Turn
 from vlguard_jax.evaluate import fingerprint as run_record
-from vlguard_jax.evaluate import judging, passes, scoring, task_metrics
+from vlguard_jax.evaluate import hosts, judging, passes, scoring, task_metrics
 from vlguard_jax.evaluate.benchmarks import Benchmark, Prompt
 from vlguard_jax.evaluate.judges import Item, Judgment
 from vlguard_jax.evaluate.protocols import PROTOCOLS, Protocol
@@ -44,6 +50,7 @@ from vlguard_jax.generate import Engine, Generator, capacity
 class EvalConfig:
     protocol: Protocol = PROTOCOLS["vlguard"]
     batch_size: int = 8  # not part of the protocol: it does not change the answers
+    max_skipped: float | None = None  # skipped rows allowed, a fraction of a benchmark's; None: its own limit
 
 
 def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | os.PathLike,
@@ -56,8 +63,8 @@ def evaluate(model, tokenizer, benchmarks: Sequence[Benchmark], out_dir: str | o
     subset's judge is `judging.assign`'s, built once from `judge_options` (model judges on `mesh`).
 
     `mesh`: the mesh the model is on (see `Generator`). With several processes every process runs the same
-    batches (each device generates its rows) and process 0 alone writes; all read the finished state at the
-    start, after process 0 has trimmed an interrupted run's cut line."""
+    batches (each device generates its rows); process 0 alone reads DIR, and gives every process what is left
+    and, at the end, the summary."""
     return evaluate_adapters(model, None, tokenizer, benchmarks, [out_dir], images, config, progress,
                              [fingerprint], overwrite, mesh, judge_options)[0]
 
@@ -70,21 +77,22 @@ def evaluate_adapters(model, adapters: Sequence[nnx.State] | None, tokenizer, be
                       ) -> list[dict]:
     """`evaluate` of K LoRA runs over one base (`adapters`, `train.trained.load_adapters`) in one pass, run k's
     results in `out_dirs[k]`: the engine gives each run `batch_size` slots and runs the base once for all."""
-    runs = [Path(d) for d in out_dirs]
+    runs = [storage.path(d) for d in out_dirs]
     if len(runs) != (1 if adapters is None else len(adapters)):
         raise ValueError(f"{len(runs)} output directories for {len(adapters or [None])} models")
     writer = jax.process_index() == 0
-    for out_dir, fingerprint in zip(runs, fingerprints or [None] * len(runs)):
-        if writer and overwrite:
-            run_record.clear(out_dir)
-        if writer and fingerprint is not None:
-            run_record.claim(out_dir, fingerprint)
     protocol = config.protocol
     try:
         model.config.check_template(protocol.template)
     except ValueError as e:
         raise ConfigError(f"protocol {protocol.name}: {e} (--template, or a protocol of this family: vlguard or "
                           f"llava for LLaVA, vlguard_minigptv2 for MiniGPT-v2)") from None
+    files = {(k, b.name): (d / b.name / "responses.jsonl", d / b.name / "skips.jsonl")
+             for k, d in enumerate(runs) for b in benchmarks}
+    limits = {b.name: _SkipLimit(b, config.max_skipped) for b in benchmarks}
+    state = hosts.decide(lambda: _resume(runs, fingerprints or [None] * len(runs), overwrite, files, limits))
+    done = dict(zip(files, state["done"]))
+    skipped = dict(zip(files, state["skipped"]))
     chat = ChatTokenizer(tokenizer, protocol.template, model.config.num_image_tokens, max_length=2**31 - 1)
     pad_id, stop_ids = tokenizer.pad_token_id or 0, [tokenizer.eos_token_id]
     engine = Engine(model, pad_id=pad_id, stop_ids=stop_ids, slots=config.batch_size * len(runs), mesh=mesh,
@@ -92,64 +100,57 @@ def evaluate_adapters(model, adapters: Sequence[nnx.State] | None, tokenizer, be
     vision = model.config.vision
     image_config = ImageConfig(size=vision.image_size, mode=protocol.image_mode) if vision else None
     assigned = {benchmark.name: judging.assign(benchmark, protocol) for benchmark in benchmarks}
-    built = {name: judging.build(name, judge_options, mesh, config.batch_size)
-             for name in dict.fromkeys(assigned.values()) if name is not None}
-    append = _append if writer else lambda path, records: None
-    files = {(k, b.name): (d / b.name / "responses.jsonl", d / b.name / "skips.jsonl")
-             for k, d in enumerate(runs) for b in benchmarks}
-    if writer:
-        for responses, skips in files.values():
-            responses.parent.mkdir(parents=True, exist_ok=True)
-            for path in (responses, skips):
-                _drop_partial_line(path)  # a line cut by an interruption: its prompt runs again
-    multihost_utils.sync_global_devices("vlguard-jax eval: benchmarks ready")
-    done = {key: {r["id"] for path in paths for r in _read_jsonl(path)} for key, paths in files.items()}
+    built = {name: judging.build(name, judge_options, mesh, config.batch_size)  # the writer's; model judges: all's
+             for name in dict.fromkeys(assigned.values())
+             if name is not None and (writer or name.partition(":")[0] in judging.MODEL_JUDGES)}
     chunks = {(k, b.name): [passes.Chunk(b, todo, k) for i in range(0, len(b.prompts), config.batch_size)
-                            if (todo := [p for p in b.prompts[i: i + config.batch_size] if p.id not in done[k, b.name]])]
+                            if (todo := [p for j, p in enumerate(b.prompts[i: i + config.batch_size], i)
+                                         if j not in done[k, b.name]])]
               for k in range(len(runs)) for b in benchmarks}
     from tqdm import tqdm
 
-    bar = tqdm(total=sum(map(len, chunks.values())), desc="eval", unit="batch", disable=not progress)
+    bar = tqdm(total=sum(map(len, chunks.values())), desc="eval", unit="batch", disable=not (progress and writer))
 
     def prepare(chunk: passes.Chunk) -> passes.Prepared:
         return _prepare(chunk.prompts, chat, images, image_config)
 
     def write(chunk: passes.Chunk, prepared: passes.Prepared, records: list[dict]) -> None:
-        responses, skips = files[chunk.run, chunk.benchmark.name]
-        append(skips, prepared.failed)
-        append(responses, records)
+        key = chunk.run, chunk.benchmark.name
+        responses, skips = files[key]
+        if writer:
+            storage.append_lines(skips, map(json.dumps, prepared.failed))
+            storage.append_lines(responses, map(json.dumps, records))
+        skipped[key] += len(prepared.failed)  # the same count on every process: each prepares every chunk
+        limits[chunk.benchmark.name].check(skipped[key], skips)
         bar.update()
 
     def complete(chunk: passes.Chunk, prepared: passes.Prepared, tokens: list[np.ndarray]) -> None:
         judge = built.get(assigned[chunk.benchmark.name])
         write(chunk, prepared, _records(tokenizer, prepared, tokens, chunk.benchmark, judge, protocol))
 
-    for k in range(len(runs)):  # multiple choice: one prefill per chunk, the letters' log-likelihoods
-        generator = Generator(model if adapters is None else with_adapter(model, adapters[k]), pad_id=pad_id,
-                              stop_ids=stop_ids, batch_size=config.batch_size, mesh=mesh)
-        for benchmark in (b for b in benchmarks if b.metric == "accuracy"):
-            for chunk in chunks[k, benchmark.name]:
-                prepared = prepare(chunk)
-                write(chunk, prepared, _choices(generator, tokenizer, prepared))
-    generated = [chunks[k, b.name] for k in range(len(runs)) for b in benchmarks if b.metric != "accuracy"]
-    passes.run(engine, passes.interleave(generated), protocol.sampling, prepare, complete)
-    bar.close()
-    for (k, name), (_, skips) in files.items():  # malformed rows of the benchmark file itself
-        benchmark = next(b for b in benchmarks if b.name == name)
-        append(skips, [{"id": s.id, "reason": s.reason} for s in benchmark.skips if s.id not in done[k, name]])
-    multihost_utils.sync_global_devices("vlguard-jax eval: benchmarks written")
-    dtype = jnp.dtype(engine.cache_dtype).name
-    summaries = []
-    for k, out_dir in enumerate(runs):
-        scores = {}
-        for benchmark in benchmarks:
-            responses, skips = files[k, benchmark.name]
-            scores[benchmark.name] = {**score(_read_jsonl(responses), benchmark.metric),
-                                      "skipped": len(_read_jsonl(skips)), "judge": assigned[benchmark.name]}
-        summaries.append({"settings": {**protocol.record(), "overridden": protocol.overridden(), "dtype": dtype},
-                          "benchmarks": scores})
-        if writer:
+    with bar:
+        for k in range(len(runs)):  # multiple choice: one prefill per chunk, the letters' log-likelihoods
+            generator = Generator(model if adapters is None else with_adapter(model, adapters[k]), pad_id=pad_id,
+                                  stop_ids=stop_ids, batch_size=config.batch_size, mesh=mesh)
+            for benchmark in (b for b in benchmarks if b.metric == "accuracy"):
+                for chunk in chunks[k, benchmark.name]:
+                    prepared = prepare(chunk)
+                    write(chunk, prepared, _choices(generator, tokenizer, prepared))
+        generated = [chunks[k, b.name] for k in range(len(runs)) for b in benchmarks if b.metric != "accuracy"]
+        passes.run(engine, passes.interleave(generated), protocol.sampling, prepare, complete)
+    settings = {**protocol.record(), "overridden": protocol.overridden(), "dtype": jnp.dtype(engine.cache_dtype).name}
+
+    def report() -> list[dict]:
+        summaries = []
+        for k, out_dir in enumerate(runs):
+            scores = {b.name: {**score(_read_jsonl(files[k, b.name][0]), b.metric),
+                               "skipped": len(storage.read_lines(files[k, b.name][1])), "judge": assigned[b.name]}
+                      for b in benchmarks}
+            summaries.append({"settings": settings, "benchmarks": scores})
             write_report(out_dir, summaries[-1])
+        return summaries
+
+    summaries = hosts.decide(report)
     for name, judge in built.items():  # this invocation's work (requests, cache hits, tokens, …): its cost
         work = judge.counters()
         if writer and progress and work:
@@ -288,24 +289,57 @@ def _verdict(judgment: Judgment, metric: str) -> dict:
     return verdict
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _resume(runs: list[storage.Path], fingerprints: Sequence[dict | None], overwrite: bool,
+            files: dict[tuple[int, str], tuple[storage.Path, storage.Path]], limits: dict[str, _SkipLimit]) -> dict:
+    """Process 0's reading of the output directories: each is claimed for its fingerprint (cleared first with
+    `overwrite`), a line cut by an interruption is dropped (its prompt runs again), the benchmark files' malformed
+    rows are recorded as skips; returns, in `files`' order, the positions of the prompts already written and the
+    skips counted so far (a count past the benchmark's limit stops here)."""
+    for out_dir, fingerprint in zip(runs, fingerprints):
+        if overwrite:
+            run_record.clear(out_dir)
+        if fingerprint is not None:
+            run_record.claim(out_dir, fingerprint)
+    state = {"done": [], "skipped": []}
+    for (_, name), (responses, skips) in files.items():
+        for path in (responses, skips):
+            _drop_partial_line(path)
+        answered, recorded = _read_jsonl(responses), _read_jsonl(skips)
+        written = {r["id"] for r in answered + recorded}
+        benchmark = limits[name].benchmark
+        malformed = [{"id": s.id, "reason": s.reason} for s in benchmark.skips if s.id not in written]
+        storage.append_lines(skips, map(json.dumps, malformed))
+        count = len(recorded) + len(malformed)
+        limits[name].check(count, skips)
+        state["done"].append([i for i, p in enumerate(benchmark.prompts) if p.id in written])
+        state["skipped"].append(count)
+    return state
 
 
-def _append(path: Path, records: list[dict]) -> None:
-    if not records:
-        return
-    with path.open("a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
+@dataclasses.dataclass(frozen=True)
+class _SkipLimit:
+    """A benchmark's skipped rows (malformed, or an image that does not load) may be at most `max_skipped` of its
+    rows: past it the score would be over a denominator the benchmark does not have, so the evaluation stops."""
+
+    benchmark: Benchmark
+    override: float | None = None  # `--max-skipped`
+
+    def check(self, count: int, skips: storage.Path) -> None:
+        rows = len(self.benchmark.prompts) + len(self.benchmark.skips)
+        limit = self.benchmark.max_skipped if self.override is None else self.override
+        if count > limit * rows:
+            raise ConfigError(f"{skips}: {count} of the {rows} rows of {self.benchmark.name} skipped "
+                              f"({count / rows:.1%}), more than its max_skipped {limit:.1%}; each line there says "
+                              f"why (an unreadable image: check --images), or allow more with --max-skipped "
+                              f"FRACTION")
 
 
-def _drop_partial_line(path: Path) -> None:
+def _read_jsonl(path: storage.Path) -> list[dict]:
+    return [json.loads(line) for line in storage.read_lines(path)]
+
+
+def _drop_partial_line(path: storage.Path) -> None:
     if path.exists():
         text = path.read_text()
         if text and not text.endswith("\n"):
-            path.write_text(text[: text.rfind("\n") + 1])
-
+            storage.write_text(path, text[: text.rfind("\n") + 1])

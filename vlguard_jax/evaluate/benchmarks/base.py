@@ -29,13 +29,15 @@ class Benchmark:
     (% refused; with exact answers also `accuracy`), `accuracy` (multiple choice by log-likelihood), or
     `win_rate` (pairwise against `metadata["reference"]`, by a pairwise judge), `harmless_rate` (% judged
     harmless) or `harmful_score` (% of harmful questions answered harmfully, or with a refusal judge not refused).
-    `judge`: the benchmark's own judge (`evaluate.judging` decides which judge runs)."""
+    `judge`: the benchmark's own judge (`evaluate.judging` decides which judge runs). `max_skipped`: the fraction
+    of its rows (prompts + malformed rows) that may be skipped before an evaluation stops (`evaluate.runner`)."""
 
     name: str
     prompts: list[Prompt]
     metric: str
     skips: list[Skip] = dataclasses.field(default_factory=list)
     judge: str = "keywords"
+    max_skipped: float = 0.01
 
 
 def rows(path: Path, kind: str) -> list[Any]:

@@ -23,6 +23,7 @@ class Spec:
     metric: str  # of its subsets, as listed
     max_files: int = 1
     sampled: bool = False  # takes `sample` and `seed`
+    max_skipped: float = 0.01  # of its subsets' rows (`Benchmark.max_skipped`)
 
     def label(self, sample: int, seed: int) -> str:
         """The name with the options that change its prompts (what a run's fingerprint records)."""
@@ -32,9 +33,10 @@ class Spec:
 REGISTRY: dict[str, Spec] = {}
 
 
-def register(name: str, files: str, judge: str, metric: str, max_files: int = 1, sampled: bool = False):
+def register(name: str, files: str, judge: str, metric: str, max_files: int = 1, sampled: bool = False,
+             max_skipped: float = 0.01):
     def add(loader: Callable) -> Callable:
-        REGISTRY[name] = Spec(name, loader, files, judge, metric, max_files, sampled)
+        REGISTRY[name] = Spec(name, loader, files, judge, metric, max_files, sampled, max_skipped)
         return loader
     return add
 
@@ -59,6 +61,6 @@ def load(name: str, data: str | os.PathLike, sample: int = 5, seed: int = 0) -> 
     options = {"sample": sample, "seed": seed} if entry.sampled else {}
     subsets = entry.loader(*files, **options)
     for subset in subsets:
-        subset.judge = entry.judge
+        subset.judge, subset.max_skipped = entry.judge, entry.max_skipped
     return subsets
 

@@ -50,8 +50,15 @@ class OpenAIJudge:
                                       "unparseable"), 0)
 
     def judge(self, items: Sequence[Item]) -> list[Judgment]:
+        """Items that make the same request (the same text: the image is not sent) share one request and one
+        cache entry."""
+        bodies = [{"model": self.model, "messages": self.rubric.messages(item), "temperature": 0,
+                   "max_tokens": self.rubric.max_tokens} for item in items]
+        keys = [request_key(body) for body in bodies]
+        unique = dict(zip(keys, bodies))
         with ThreadPoolExecutor(self.max_concurrency) as pool:
-            return list(pool.map(self._judge_one, items))  # map keeps the input order
+            replies = dict(zip(unique, pool.map(self._reply, unique, unique.values())))
+        return [self._judgment(replies[key], item) for key, item in zip(keys, items)]
 
     def counters(self) -> dict[str, int]:
         with self._lock:
@@ -62,20 +69,20 @@ class OpenAIJudge:
             for name, value in increments.items():
                 self._counts[name] += value
 
-    def _judge_one(self, item: Item) -> Judgment:
-        body = {"model": self.model, "messages": self.rubric.messages(item), "temperature": 0,
-                "max_tokens": self.rubric.max_tokens}
-        key = request_key(body)
+    def _reply(self, key: str, body: dict) -> dict:
+        """The reply to `body`: cached, or posted and cached."""
         cached = self.cache.get(key) if self.cache is not None else None
-        reply = cached if cached is not None else self._post(body)
-        usage = (reply.get("usage") if isinstance(reply, dict) else None) or {}
-        tokens = (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
         if cached is not None:
             self._count(cache_hits=1)
-        else:
-            self._count(prompt_tokens=tokens[0], completion_tokens=tokens[1])
-            if self.cache is not None:
-                self.cache.put(key, reply)
+            return cached
+        reply = self._post(body)
+        tokens = _tokens(reply)
+        self._count(prompt_tokens=tokens[0], completion_tokens=tokens[1])
+        if self.cache is not None:
+            self.cache.put(key, reply)
+        return reply
+
+    def _judgment(self, reply: dict, item: Item) -> Judgment:
         try:
             content = reply["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
@@ -83,7 +90,7 @@ class OpenAIJudge:
         judgment = self.rubric.parse(content, item)
         if judgment.label == "unparseable":
             self._count(unparseable=1)
-        return dataclasses.replace(judgment, tokens=tokens)
+        return dataclasses.replace(judgment, tokens=_tokens(reply))
 
     def _post(self, body: dict) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -115,6 +122,12 @@ class OpenAIJudge:
         asked for in Retry-After (capped at `RETRY_AFTER_MAX`: a server asking for hours gets the error instead)."""
         backoff = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
         return backoff if retry_after is None else max(backoff, min(retry_after, RETRY_AFTER_MAX))
+
+
+def _tokens(reply) -> tuple[int, int]:
+    """(prompt, completion) tokens of a reply's usage; 0 where it reports none."""
+    usage = (reply.get("usage") if isinstance(reply, dict) else None) or {}
+    return usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
 
 
 def _seconds(retry_after: str | None) -> float | None:
