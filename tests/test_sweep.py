@@ -1,10 +1,13 @@
 """`vlguard-jax sweep --config` over real-format VLGuard data: the test records have no exact answers, so helpfulness
-accuracy is reported as absent (n/a), not zero, and the sweep completes."""
+accuracy is reported as absent (n/a), not zero, and the sweep completes; a re-run with other settings is refused."""
 
+import dataclasses
 import json
 
+import pytest
+
 from eval_fixtures import random_checkpoint
-from vlguard_jax.config import config_from_dict
+from vlguard_jax.config import ConfigError, config_from_dict
 from vlguard_jax.evaluate.protocols import PROTOCOLS
 from vlguard_jax.sweep import run_sweep
 
@@ -41,3 +44,10 @@ def test_sweep_over_a_real_config_with_answerless_test_records(tmp_path, capsys)
     summary = json.loads((sweep / "eval_fraction1_seed0" / "summary.json").read_text())
     assert summary["settings"]["protocol"] == "vlguard"
     assert "accuracy" not in summary["benchmarks"]["vlguard_safe_safes"]
+
+    recorded = json.loads((sweep / "cells" / "fraction1_seed0.json").read_text())
+    assert recorded["train"]["data.safety_fraction"] == 1.0 and recorded["eval"]["protocol"] == "vlguard"
+    longer = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=2))
+    with pytest.raises(ConfigError, match=r"holds results computed with other settings:\n  train of fraction0_seed0, "
+                                          r"fraction1_seed0: train.max_steps: 1 → 2\nrerun with --overwrite"):
+        run_sweep(sweep, fractions=[0.0, 1.0], config=longer, test_json=str(test), images=str(paths["images"]))

@@ -6,30 +6,36 @@ then evaluated together, their adapters side by side over the one frozen base (`
 larger run sees every safety sample of a smaller one. Writes `sweep.json` (the evaluation protocol and one row per
 run), `sweep.md` and `sweep.png` (ASR and helpfulness against the number of safety samples). A metric the test data
 cannot give (helpfulness accuracy: real VLGuard test records have no exact answers) is absent from the rows and
-shown as n/a, never as zero.
+shown as n/a, never as zero. Each run records what its training and evaluation depend on in `cells/NAME.json`: a
+re-run with other settings is refused, naming them, unless `overwrite` recomputes those runs (`cells`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Sequence
 
+from vlguard_jax import cells, charts, storage
 from vlguard_jax.config import Config
 from vlguard_jax.demo import DEMO_EVAL, evaluate_model, evaluate_runs, instruction_tune, posthoc, prepare
 from vlguard_jax.evaluate.protocols import PROTOCOLS, describe
 from vlguard_jax.evaluate.runner import EvalConfig
+from vlguard_jax.train import pins
 from vlguard_jax.train.loop import train
 
 COLUMNS = ("unsafe_asr", "safe_unsafe_asr", "safe_safe_refusal_rate", "helpfulness_accuracy")
 
 
-def run_sweep(out: str | Path, fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0),
+def run_sweep(out: storage.PathLike, fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0),
               seeds: Sequence[int] = (0,), scale: float = 1.0, config: Config | None = None,
-              test_json: str | None = None, images: str | None = None) -> list[dict]:
-    out = Path(out)
-    eval_config = DEMO_EVAL
+              test_json: str | None = None, images: str | None = None, overwrite: bool = False) -> list[dict]:
+    out = storage.path(out)
+    eval_config = DEMO_EVAL if config is None else EvalConfig(PROTOCOLS["vlguard"], batch_size=8)
+    points = [(fraction, seed, f"fraction{fraction:g}_seed{seed}") for seed in seeds for fraction in fractions]
+    cells.prepare(sweep_cells(out, points, scale, config, test_json, eval_config), overwrite, f"the sweep in {out}")
     if config is None:
         paths = prepare(out, scale)
         base = out / "instruct" / "hf"
@@ -38,20 +44,15 @@ def run_sweep(out: str | Path, fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.2
         safety_total = len(json.loads(Path(paths["train"]).read_text()))
     else:
         paths = {"test": test_json, "images": images}
-        eval_config = EvalConfig(PROTOCOLS["vlguard"], batch_size=8)
         safety_total = len(json.loads(Path(config.data.safety).read_text()))
     runs = []  # (fraction, seed, name, workdir)
-    for seed in seeds:
-        for fraction in fractions:
-            name = f"fraction{fraction:g}_seed{seed}"
-            if config is None:
-                workdir = posthoc(out / name, paths, base, fraction, seed)
-            else:
-                workdir = out / name
-                data = dataclasses.replace(config.data, safety_fraction=fraction, seed=seed)
-                train(dataclasses.replace(config, data=data,
-                                          train=dataclasses.replace(config.train, seed=seed)), workdir)
-            runs.append((fraction, seed, name, workdir))
+    for fraction, seed, name in points:
+        if config is None:
+            workdir = posthoc(out / name, paths, base, fraction, seed)
+        else:
+            workdir = out / name
+            train(_run_config(config, fraction, seed), workdir)
+        runs.append((fraction, seed, name, workdir))
     outs = [out / f"eval_{name}" for _, _, name, _ in runs]
     if config is None or config.train.mode == "lora":  # every point's adapter over the one base, in one pass
         metrics = evaluate_runs([workdir for *_, workdir in runs], paths, outs, eval_config)
@@ -64,39 +65,56 @@ def run_sweep(out: str | Path, fractions: Sequence[float] = (0.0, 0.05, 0.1, 0.2
         print(json.dumps(rows[-1]))
     protocol = eval_config.protocol
     settings = {**protocol.record(), "overridden": protocol.overridden()}
-    (out / "sweep.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
+    storage.write_json(out / "sweep.json", {"settings": settings, "rows": rows})
     header = "| safety samples | fraction | seed | " + " | ".join(COLUMNS) + " |"
     lines = [describe(settings), "", header, "|" + "---|" * (3 + len(COLUMNS))]
     lines += [f"| {r['safety_samples']} | {r['safety_fraction']:g} | {r['seed']} | "
               + " | ".join(str(r.get(c, "n/a")) for c in COLUMNS) + " |" for r in rows]
-    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    storage.write_text(out / "sweep.md", "\n".join(lines) + "\n")
     _plot(rows, out / "sweep.png")
     print("\n".join(lines))
     return rows
 
 
-def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+def sweep_cells(out: storage.PathLike, points: Sequence[tuple[float, int, str]], scale: float, config: Config | None,
+                test_json: str | None, eval_config: EvalConfig) -> list[cells.Cell]:
+    """Each run's training and evaluation with what they depend on: on the demo model, its scale (the data and the
+    stage-1 model, itself a cell) and the point; on a config, the run's pinned fields and data content, and the test
+    data's content."""
+    out = storage.path(out)
+    digest = functools.cache(pins.content_digest)
+    evaluation = eval_config.protocol.record()
+    found = []
+    if config is None:
+        evaluation["demo.scale"] = scale
+        found.append(cells.Cell("instruct", out / "cells" / "instruct.json",
+                                (cells.Part("train", {"demo.scale": scale}, (out / "instruct",)),)))
+    else:
+        evaluation["test_json"] = digest(test_json)
+    for fraction, seed, name in points:
+        training = ({"demo.scale": scale, "data.safety_fraction": fraction, "data.seed": seed, "train.seed": seed}
+                    if config is None else pins.result_settings(_run_config(config, fraction, seed), digest))
+        found.append(cells.Cell(name, out / "cells" / f"{name}.json",
+                                (cells.Part("train", training, (out / name,)),
+                                 cells.Part("eval", evaluation, (out / f"eval_{name}",)))))
+    return found
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _run_config(config: Config, fraction: float, seed: int) -> Config:
+    """A point of the sweep on a config: `fraction` of the safety data, drawn and trained with `seed`."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, safety_fraction=fraction, seed=seed),
+                               train=dataclasses.replace(config.train, seed=seed))
+
+
+def _plot(rows: list[dict], path: Path) -> None:
     import numpy as np
 
     samples = sorted({r["safety_samples"] for r in rows})
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = storage.figure()
+    points = {}
     for column in COLUMNS:
         values = {s: [r[column] for r in rows if r["safety_samples"] == s and column in r] for s in samples}
-        points = [(s, np.mean(v)) for s, v in values.items() if v]
-        label = column.replace("_", " ")
-        if points:
-            ax.plot(*zip(*points), marker="o", label=label)
-        else:  # named in the legend, with no line: not measured, not zero
-            ax.plot([], [], " ", label=f"{label}: n/a")
-    ax.set_xlabel("safety samples in post-hoc fine-tuning")
-    ax.set_ylabel("%")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
+        points[column.replace("_", " ")] = [(s, np.mean(v)) for s, v in values.items() if v]
+    charts.lines(ax, points, "safety samples in post-hoc fine-tuning", "%")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    storage.save_figure(fig, path)

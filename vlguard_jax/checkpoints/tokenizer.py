@@ -1,10 +1,14 @@
 """The tokenizer side of a checkpoint: the model's `<image>` and pad ids, which an original LLaVA or a Vicuna
-tokenizer lacks (llava-hf's tokenizer is the original one plus `<image>` and `<pad>`)."""
+tokenizer lacks (llava-hf's tokenizer is the original one plus `<image>` and `<pad>`), and a tokenizer written so
+that it reloads tokenizing as it did."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
+from vlguard_jax import storage
 from vlguard_jax.checkpoints.tensors import CheckpointError
 from vlguard_jax.data.sources import IMAGE_PLACEHOLDER
 from vlguard_jax.models.config import LlavaConfig
@@ -48,5 +52,21 @@ def convert_tokenizer(source: Path, out: Path, config: LlavaConfig) -> str:
 
     tokenizer = AutoTokenizer.from_pretrained(source)
     add_model_tokens(tokenizer, config, source)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     return f"wrote the tokenizer (<image> = {config.image_token_id}) to {out}"
+
+
+def save_tokenizer(tokenizer, out: storage.PathLike) -> None:
+    """Writes `tokenizer` into `out` (a folder or a bucket URI) so that `AutoTokenizer.from_pretrained` gives back
+    the same ids. transformers 5 saves a LLaMA tokenizer's pre-tokenizer in tokenizer.json but not its `legacy` flag,
+    and `LlamaTokenizer.__init__` rebuilds the pre-tokenizer from that flag (default False): a legacy tokenizer,
+    LLaVA-1.5's, would reload non-legacy (`</s>USER` as `</s>` `USER`, not `</s>` `▁US` `ER`). The flag is written
+    into tokenizer_config.json, which the reload passes to `__init__`."""
+    with tempfile.TemporaryDirectory() as local:
+        tokenizer.save_pretrained(local)
+        if hasattr(tokenizer, "legacy"):
+            config_path = Path(local) / "tokenizer_config.json"
+            config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "legacy": tokenizer.legacy},
+                                              indent=2))
+        for file in sorted(Path(local).iterdir()):
+            storage.write_bytes(storage.path(out) / file.name, file.read_bytes())

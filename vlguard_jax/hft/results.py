@@ -3,9 +3,9 @@ finetune_accuracy, judge}, …]}`), a markdown table and a plot of HS and FA aga
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from vlguard_jax import charts, storage
 from vlguard_jax.evaluate.judging import REFUSAL_JUDGES
 from vlguard_jax.evaluate.protocols import describe
 
@@ -27,35 +27,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(out: str | Path, rows: list[dict], settings: dict) -> str:
-    """summary.json, hft.md and hft.png in `out`; returns the markdown."""
-    out = Path(out)
-    (out / "summary.json").write_text(json.dumps({"settings": settings, "grid": rows}, indent=1))
+def write(out: storage.PathLike, rows: list[dict], settings: dict) -> str:
+    """summary.json, hft.md and hft.png in `out` (a folder or a bucket URI); returns the markdown."""
+    out = storage.path(out)
+    storage.write_json(out / "summary.json", {"settings": settings, "grid": rows})
     judges = sorted({r["judge"] for r in rows})
     text = "\n".join([describe(settings), "", table(rows), "", *map(judge_note, judges)]) + "\n"
-    (out / "hft.md").write_text(text)
+    storage.write_text(out / "hft.md", text)
     _plot(rows, out / "hft.png")
     return text
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig, axes = storage.figure(8, 3.2, columns=2)
     for ax, column in zip(axes, COLUMNS):
-        for defence in dict.fromkeys(r["defence"] for r in rows):
-            points = sorted((r["poison_ratio"], r[column]) for r in rows
-                            if r["defence"] == defence and r[column] is not None)
-            if points:
-                ax.plot(*zip(*points), marker="o", label=defence)
-        ax.set_xlabel("poison ratio p")
-        ax.set_ylabel(TITLES[column])
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
+        points = {r["defence"]: [] for r in rows}
+        for r in rows:
+            if r[column] is not None:
+                points[r["defence"]].append((r["poison_ratio"], r[column]))
+        charts.lines(ax, points, "poison ratio p", TITLES[column])
     axes[0].legend(fontsize=8, title="defence")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    storage.save_figure(fig, path)
