@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.gcs_fixtures import gcs_bucket, local_gs_folders  # noqa: F401
 from train_fixtures import environment, run, train_command, write_config
 from vlguard_jax.config import ConfigError, load_config
 from vlguard_jax.train.metrics_log import read_metrics
@@ -27,11 +28,12 @@ def params(workdir):
     return {str(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-def wait_for_step(workdir, step, process, timeout=240):
+def wait_for_step(workdir, step, process, log=None, timeout=240):
+    """Waits for `step` in the run's metrics; `log`: the file the process writes its stderr to (else a pipe)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
-            raise AssertionError(process.stderr.read()[-3000:])
+            raise AssertionError((open(log).read() if log else process.stderr.read())[-3000:])
         records = read_metrics(workdir)
         if records and records[-1]["step"] >= step:
             return records[-1]["step"]
@@ -116,20 +118,62 @@ def test_config_errors_name_the_key_and_the_numbers(uninterrupted, tmp_path):
               progress=False)
 
 
-def test_two_processes_on_loopback_give_the_single_device_losses(uninterrupted, tmp_path):
+def test_two_hosts_without_a_shared_disk_give_the_single_device_losses(uninterrupted, gcs_bucket, tmp_path):
+    """Two processes on loopback, each with its own local cache (tokenized stores, synthetic data), their run in a
+    bucket: the losses of one device, and no local folder for the bucket."""
     import socket
 
     config, reference = uninterrupted
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = train_command(config, tmp_path / "work", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    workdir = f"{gcs_bucket}/two-hosts"
+    command = train_command(config, workdir, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    logs = [open(tmp_path / f"host{i}.log", "w+") for i in range(2)]  # files: an unread pipe would stall a host
     processes = [subprocess.Popen(command + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
                                              "--process-id", str(i), "--cpu-collectives", "gloo"],
-                                  env=environment(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  env={**environment(4), "XDG_CACHE_HOME": str(tmp_path / f"host{i}")},
+                                  cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=logs[i], text=True)
                  for i in range(2)]
-    for process in processes:
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-3000:]
-    for (step, ours), (_, theirs) in zip(losses(tmp_path / "work"), losses(reference), strict=True):
+    for process, log in zip(processes, logs):
+        process.wait(timeout=300)
+        log.seek(0)
+        assert process.returncode == 0, log.read()[-3000:]
+    for (step, ours), (_, theirs) in zip(losses(workdir), losses(reference), strict=True):
         assert abs(ours - theirs) <= 1e-5, step
+    assert all(any((tmp_path / f"host{i}" / "vlguard-jax").iterdir()) for i in range(2))  # each host's own cache
+    assert local_gs_folders(tmp_path) == []
+
+
+def test_a_run_in_a_bucket_killed_and_rerun_gives_the_local_run_and_exports(uninterrupted, gcs_bucket, tmp_path,
+                                                                            monkeypatch):
+    """`--workdir gs://…`: kill -9 mid-run, re-run → the uninterrupted local run's losses and weights; the export
+    from the bucket equals the local run's export, tensor for tensor, and loads in transformers."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    from vlguard_jax.checkpoints.tensors import open_tensor_files
+    from vlguard_jax.train.trained import export_workdir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    config, reference = uninterrupted
+    workdir = f"{gcs_bucket}/runs/tiny"
+    with open(tmp_path / "killed.log", "w") as log:  # a file: an unread pipe would stall the run
+        process = subprocess.Popen(train_command(config, workdir), env=environment(1), stdout=subprocess.DEVNULL,
+                                   stderr=log, text=True)
+        wait_for_step(workdir, random.Random(1).randint(6, 14), process, tmp_path / "killed.log")
+    process.kill()
+    process.wait()
+    run(train_command(config, workdir))
+    assert losses(workdir) == losses(reference)
+    assert local_gs_folders(tmp_path) == [] and local_gs_folders(".") == []
+    ours = export_workdir(workdir, tmp_path / "from-bucket")
+    theirs = export_workdir(reference, tmp_path / "from-disk")
+    ours_files, theirs_files = open_tensor_files(ours), open_tensor_files(theirs)
+    assert ours_files.keys() == theirs_files.keys()
+    for name, file in ours_files.items():
+        np.testing.assert_array_equal(file.read(name), theirs_files[name].read(name), err_msg=name)
+    model, info = LlavaForConditionalGeneration.from_pretrained(ours, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert AutoTokenizer.from_pretrained(ours)("<image> hi").input_ids == \
+        AutoTokenizer.from_pretrained(theirs)("<image> hi").input_ids

@@ -10,11 +10,11 @@ import dataclasses
 import os
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from vlguard_jax import storage
 from vlguard_jax.models.lora import DEFAULT_TARGETS
 from vlguard_jax.train.optimizer import OptimizerConfig
 
@@ -62,6 +62,13 @@ class DataConfig:
     workers: int = 0
     image_mode: str = "pad"
     max_skip_fraction: float = 0.05
+    # Before step 0 every image the mixture names is looked up in its part's root (a listing, no decode); more than
+    # this fraction missing stops the run. Images allowed missing still fail when read: raise max_image_failures too.
+    max_missing_images: float = 0.0
+    # Rows whose image fails to load while training carry no loss. The run stops, naming them, once they exceed this
+    # fraction of the run's rows (steps × global batch): with every image found before step 0, a failure is a corrupt
+    # file, which the reference training (LLaVA's loader) would crash on; raise it to train past known-bad images.
+    max_image_failures: float = 0.0
     seed: int = 0
     cache_dir: str | None = None  # tokenized data (default WORKDIR/cache); one shared path serves many runs and hosts
 
@@ -133,7 +140,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
     raw: dict = {}
     if path is not None:
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            raw = yaml.safe_load(storage.path(path).read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except yaml.YAMLError as e:
@@ -194,7 +201,7 @@ def to_dict(config) -> dict:
 
 
 def dump_config(config: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(_plain(to_dict(config)), sort_keys=False))
+    storage.write_text(path, yaml.safe_dump(_plain(to_dict(config)), sort_keys=False))
 
 
 def _plain(value):

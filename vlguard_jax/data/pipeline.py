@@ -6,8 +6,10 @@
 2. Indices are shuffled per epoch by seed (Grain), cut into *global* batches, and each host takes its slice:
    hosts see disjoint shards whose union is the epoch. The padded length is the smallest bucket that fits the
    longest sample of the global batch, so every host pads alike and the step compiles once per bucket.
-3. Worker processes load and preprocess images. An image that fails to load at this point does not stop the
-   epoch: its row keeps its shape, carries no loss, and is counted in the batch's `image_failed`.
+3. Worker processes load and preprocess images, each from its data part's root. An image that fails to load at
+   this point does not stop the epoch: its row keeps its shape, carries no loss, and is marked in the batch's
+   `image_failed` with the reason in `image_error`; the training loop counts them against
+   data.max_image_failures.
 The iterator's `get_state()`/`set_state()` resume a run at the exact batch.
 """
 
@@ -21,13 +23,15 @@ import grain
 import numpy as np
 from absl import flags
 
+from vlguard_jax.buckets import bucket
 from vlguard_jax.data.chat import IGNORE, ChatTokenizer
+from vlguard_jax.data.image_check import images_of
 from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource
 from vlguard_jax.data.sources import DataError
 from vlguard_jax.data.store import Samples
 
 log = logging.getLogger(__name__)
-ImageRoots = ImageSource | dict[str, ImageSource] | None  # one root, or one per data source
+ImageRoots = ImageSource | Sequence[ImageSource | None] | None  # one root, or one per store of the samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +64,7 @@ class HostBatch:
                                 (process_index + 1) * config.global_batch_size // process_count)
 
     def __call__(self, global_indices: np.ndarray) -> dict[str, np.ndarray]:
-        length = bucket_length(int(self.samples.lengths[global_indices].max()), self.config.buckets)
+        length = bucket(int(self.samples.lengths[global_indices].max()), self.config.buckets, "a sample")
         indices = np.asarray(global_indices)[self.host_slice]
         size = self.config.image.size
         batch = {
@@ -70,6 +74,7 @@ class HostBatch:
             "sample_index": indices.astype(np.int32),
             "image_failed": np.zeros(len(indices), bool),
         }
+        errors = [""] * len(indices)
         if self.num_image_tokens:  # a text-only model's batches carry no pixels
             batch["pixel_values"] = np.zeros((len(indices), 3, size, size), np.float32)
         for row, i in enumerate(indices):  # row b's image sits in pixel_values[b] (the model's `row_images`)
@@ -82,41 +87,36 @@ class HostBatch:
             if sample["image"] is None:
                 continue
             try:
-                source = self.images if isinstance(self.images, ImageSource) else self.images[sample["source"]]
+                source = (self.images if isinstance(self.images, ImageSource)
+                          else self.images[self.samples.store_index[i]])
                 batch["pixel_values"][row] = source.pixels(sample["image"], self.config.image)
             except ImageError as e:
                 log.warning("sample %s: %s (its row carries no loss)", sample["id"], e)
                 batch["labels"][row] = IGNORE
                 batch["image_failed"][row] = True
+                errors[row] = f"sample {sample['id']}: {e}"
+        batch["image_error"] = np.array(errors)
         return batch
 
 
-def bucket_length(length: int, buckets: Sequence[int]) -> int:
-    for bucket in sorted(buckets):
-        if length <= bucket:
-            return bucket
-    raise DataError(f"a sample of {length} tokens exceeds the largest bucket {max(buckets)}")
-
-
 def build_pipeline(samples: Samples, chat: ChatTokenizer, images: ImageRoots,
-                   config: PipelineConfig, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """The batch stream of one host: `num_epochs` shuffled epochs, the last partial global batch dropped."""
+                   config: PipelineConfig, process_index: int = 0, process_count: int = 1,
+                   start: int = 0) -> grain.IterDataset:
+    """The batch stream of one host from global batch `start` on: `num_epochs` shuffled epochs, the last partial
+    global batch dropped. Batch k is a function of k alone (the seed fixes the order; reading a batch draws nothing),
+    so a resumed run starts at its step with no iterator state, whatever `workers` it reads with."""
     if config.global_batch_size % process_count:
         raise ValueError(f"global batch {config.global_batch_size} does not divide over {process_count} hosts")
     if chat.max_length > max(config.buckets):
         raise ValueError(f"max_length {chat.max_length} exceeds the largest bucket {max(config.buckets)}")
-    needed = samples.image_sources()
-    given = set() if images is None else needed if isinstance(images, ImageSource) else set(images)
-    if needed - given:
-        raise DataError(f"samples from {', '.join(sorted(needed - given))} have images but no image root was "
-                        f"given for them (a directory or zip)")
+    _check_roots(samples, images)
     if len(samples) < config.global_batch_size:
         raise DataError(f"{len(samples)} samples do not fill one global batch of {config.global_batch_size}")
     read = grain.ReadOptions(num_threads=config.read_ahead, prefetch_buffer_size=config.read_ahead)
     dataset = (grain.MapDataset.range(len(samples))
                .shuffle(seed=config.seed)
                .repeat(config.num_epochs)
-               .batch(config.global_batch_size, drop_remainder=True)
+               .batch(config.global_batch_size, drop_remainder=True)[start:]
                .map(HostBatch(samples, chat, images, config, process_index, process_count))
                .to_iter_dataset(read))
     if config.workers > 0:
@@ -124,6 +124,19 @@ def build_pipeline(samples: Samples, chat: ChatTokenizer, images: ImageRoots,
             flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers))
     return dataset
+
+
+def _check_roots(samples: Samples, images: ImageRoots) -> None:
+    if isinstance(images, ImageSource):
+        return
+    roots = images or [None] * len(samples.stores)
+    if len(roots) != len(samples.stores):
+        raise ValueError(f"{len(roots)} image roots for the {len(samples.stores)} stores of the samples")
+    unrooted = [samples.stores[k].meta["built_from"] for k, root in enumerate(roots)
+                if root is None and len(images_of(samples, k))]
+    if unrooted:
+        raise DataError(f"samples of {', '.join(unrooted)} have images but no image root was given for them (a "
+                        f"directory or zip)")
 
 
 def steps_per_epoch(samples: Samples, config: PipelineConfig) -> int:

@@ -9,15 +9,18 @@ iterator walks the same samples it was saved on.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Callable
 
+from vlguard_jax import storage
 from vlguard_jax.config import DataConfig
 from vlguard_jax.data import mixture, synthetic
 from vlguard_jax.data.chat import ChatTokenizer
-from vlguard_jax.data.images import ImageSource
+from vlguard_jax.data.image_check import check_images
+from vlguard_jax.data.images import ImageError, ImageSource
 from vlguard_jax.data.sources import DataError, Skip, check_skip_fraction
 from vlguard_jax.data.store import Samples, SourceFile, open_stores
 
@@ -30,18 +33,35 @@ POOLS = {"safety": "safety", "helpful": "helpful", "instruction": "helpful", "ta
 class TrainingData:
     mix: mixture.Mixture
     samples: Samples  # the mixture's trainable samples, memory-mapped
-    images: dict[str, ImageSource]  # by conversation source ("vlguard", "llava")
+    images: list[ImageSource | None]  # per store of `samples`: its data part's image root (None: no images)
     skips: list[Skip]  # records the readers skipped
     sample_skips: list[Skip]  # mixture samples the tokenizer refused (too long, nothing supervised, …)
 
 
-def synthetic_dataset(config: DataConfig, workdir: Path) -> dict[str, Path]:
-    """Generates (once) the synthetic dataset and its tokenizer under WORKDIR/data."""
+def local_folder(config: DataConfig, workdir: storage.PathLike) -> Path:
+    """This host's folder for a run's memory-mapped data: `data.cache_dir`, else WORKDIR/cache, else (a workdir in a
+    bucket) this host's user cache, since a memory map needs a local disk. Stores are named by their content, so
+    runs and hosts may share one."""
+    if config.cache_dir:
+        return storage.local(config.cache_dir, "data.cache_dir")
+    if storage.is_local(workdir):
+        return Path(workdir) / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vlguard-jax"
+
+
+def synthetic_dataset(config: DataConfig, workdir: storage.PathLike) -> dict[str, Path]:
+    """Generates (once) the synthetic dataset and its tokenizer: under WORKDIR/data, or for a workdir in a bucket
+    under `local_folder`, named by its options (each host generates the same bytes)."""
     from vlguard_jax.data.vocab import build_tokenizer
 
     options = synthetic.SyntheticConfig(**config.synthetic_options)
-    paths = synthetic.generate(workdir / "data", options)
-    tokenizer_dir = workdir / "data" / "tokenizer"
+    if storage.is_local(workdir):
+        folder = Path(workdir) / "data"
+    else:
+        digest = hashlib.sha256(json.dumps(config.synthetic_options, sort_keys=True).encode()).hexdigest()[:16]
+        folder = local_folder(config, workdir) / f"synthetic-{digest}"
+    paths = synthetic.generate(folder, options)
+    tokenizer_dir = folder / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").exists():
         build_tokenizer(synthetic.corpus(options), tokenizer_dir, vocab_size=1024)
     return {**paths, "tokenizer": tokenizer_dir}
@@ -54,12 +74,13 @@ def training_data(config: DataConfig, workdir: Path, chat: ChatTokenizer, primar
     if config.mixture not in MIXTURES:
         raise DataError(f"data.mixture must be one of {', '.join(MIXTURES)}, got {config.mixture!r}")
     formats, paths, image_roots = _sources(config, workdir)
+    roots = {name: _image_source(name, root) for name, root in image_roots.items()}  # before any tokenizing
     manifest_path = workdir / "mixture.json"
     recorded = _read_manifest(manifest_path)
     checked = mixture.check_sources(recorded.get("sources", {}), paths) if recorded else {}  # before any read
     contents = {name: checked.get(name) or _fingerprint(path) for name, path in paths.items()}
     files = {name: SourceFile.of(formats[name], paths[name], config.seed, contents[name]) for name in paths}
-    stores = open_stores(files, chat, config.cache_dir or workdir / "cache", primary, barrier)
+    stores = open_stores(files, chat, local_folder(config, workdir), primary, barrier)
     for name, store in stores.items():
         check_skip_fraction(paths[name], store.reader_skips, len(store), config.max_skip_fraction)
     pools = {part: stores[name].ids if name in stores else [] for part, name in POOLS.items()}
@@ -77,7 +98,9 @@ def training_data(config: DataConfig, workdir: Path, chat: ChatTokenizer, primar
             mix.write_manifest(manifest_path)
     samples, sample_skips = Samples.select([(stores[POOLS[part]], ids) for part, ids in mix.manifest["parts"].items()
                                             if ids])
-    images = {formats[name]: ImageSource(root) for name, root in image_roots.items() if root is not None}
+    parts = [next(name for name, store in stores.items() if store is known) for known in samples.stores]
+    images = [roots[name] for name in parts]
+    check_images(samples, images, parts, config.max_missing_images)
     skips = [s for store in stores.values() for s in store.reader_skips]
     return TrainingData(mix, samples, images, skips, sample_skips)
 
@@ -86,9 +109,10 @@ def _sources(config: DataConfig, workdir: Path) -> tuple[dict, dict, dict]:
     """Reader format, file and image root of each source the mixture uses, by name ("safety", "helpful")."""
     if config.synthetic:
         paths = synthetic_dataset(config, workdir)
-        config = dataclasses.replace(config, safety=str(paths["train"]), safety_images=str(paths["images"]),
-                                     helpful=str(paths["instruct"]), helpful_images=str(paths["images"]),
-                                     helpful_format="llava")
+        config = dataclasses.replace(config, safety=str(paths["train"]), helpful=str(paths["instruct"]),
+                                     helpful_format="llava",  # image roots given in the config replace theirs
+                                     safety_images=config.safety_images or str(paths["images"]),
+                                     helpful_images=config.helpful_images or str(paths["images"]))
     if config.mixture == "harmful_finetune":
         names = ["task", "poison"] + ["safety"] * bool(config.safety_count)
     else:
@@ -100,6 +124,13 @@ def _sources(config: DataConfig, workdir: Path) -> tuple[dict, dict, dict]:
                "poison": "pairs"}
     return ({name: formats[name] for name in names}, {name: getattr(config, name) for name in names},
             {name: getattr(config, f"{name}_images", None) for name in names})
+
+
+def _image_source(part: str, root: str | None) -> ImageSource | None:
+    try:
+        return None if root is None else ImageSource(root)
+    except ImageError as e:
+        raise DataError(f"data.{part}_images: {e}") from None
 
 
 def _fingerprint(path: str) -> dict:

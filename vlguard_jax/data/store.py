@@ -246,14 +246,6 @@ class Samples:
                             f"{skips[0].reason if skips else 'none'})")
         return cls(stores, np.concatenate(index), np.concatenate(rows), np.concatenate(lengths)), skips
 
-    def image_sources(self) -> set[str]:
-        """The sources whose selected samples have images: each needs an image root."""
-        found = set()
-        for k, store in enumerate(self.stores):
-            picked = store.table.select(["image", "source"]).take(self.rows[self.store_index == k])
-            found |= set(pc.unique(pc.filter(picked.column("source"), pc.is_valid(picked.column("image")))).to_pylist())
-        return found
-
 
 def open_stores(files: dict[str, SourceFile], chat: ChatTokenizer, cache_dir: str | os.PathLike,
                 primary: bool = True, barrier=lambda name: None) -> dict[str, Store]:

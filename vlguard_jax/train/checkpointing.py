@@ -1,50 +1,49 @@
-"""Orbax checkpoints of a run: trainable params, optimizer state, step and RNG, the Grain iterator, metadata.
+"""Orbax checkpoints of a run: trainable params, optimizer state, step and RNG, metadata. No data iterator state:
+batch k is a function of k (`data.pipeline.build_pipeline(start=…)`), so a resume reads on from its step with any
+number of data workers.
 
 Only the `TrainState` is saved (for LoRA: adapters + projector); frozen weights are reloaded from their source.
 The parameters are an item of their own, so `eval` and `export` read them alone (never the Adam moments), onto
 whatever mesh they run on: a restore places each array on the sharding of its target, not the saved one.
-Orbax writes each step into a temporary directory and renames it when complete, so a crash mid-save leaves
-the previous checkpoint intact; saves are asynchronous and the newest `keep` are kept.
+Orbax writes each step into a temporary directory and renames it when complete (in a bucket, which has no
+rename, a step counts once its commit marker is written), so a crash mid-save leaves the previous checkpoint intact; saves are asynchronous and the newest `keep` are kept.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-from pathlib import Path
-
-import grain
 import jax
 import orbax.checkpoint as ocp
 
+from vlguard_jax import storage
 from vlguard_jax.train.step import TrainState
 
 
-ITEMS = ("params", "optimizer", "data", "meta")
+ITEMS = ("params", "optimizer", "meta")
 
 
 class Checkpointer:
-    def __init__(self, directory: str | Path, keep: int = 2, read_only: bool = False):
+    def __init__(self, directory: storage.PathLike, keep: int = 2, read_only: bool = False):
+        """`directory`: local, or a bucket URI (`gs://…`) that Orbax writes through tensorstore."""
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=not read_only,
                                                create=not read_only, read_only=read_only)
-        self.directory = Path(directory).absolute()
+        directory = storage.path(directory)
+        self.directory = directory.absolute() if storage.is_local(directory) else directory
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: TrainState, iterator, meta: dict) -> None:
-        """`iterator`: the Grain iterator, or its `DataState` after the batches the saved steps consumed."""
+    def save(self, step: int, state: TrainState, meta: dict) -> None:
         self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params), optimizer=ocp.args.StandardSave(_optimizer_part(state)),
-            data=grain.checkpoint.CheckpointSave(iterator), meta=ocp.args.JsonSave(meta)), force=True)
+            meta=ocp.args.JsonSave(meta)), force=True)
 
-    def restore(self, step: int, abstract_state: TrainState, iterator) -> tuple[TrainState, dict]:
-        """The state at `step` placed on the shardings of `abstract_state`; `iterator` is advanced in place."""
+    def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
+        """The state at `step` placed on the shardings of `abstract_state`."""
         restored = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(_target(abstract_state.params)),
             optimizer=ocp.args.StandardRestore(_target(_optimizer_part(abstract_state))),
-            data=grain.checkpoint.CheckpointRestore(iterator), meta=ocp.args.JsonRestore()))
+            meta=ocp.args.JsonRestore()))
         return abstract_state.replace(params=restored.params, **restored.optimizer), restored.meta
 
     def restore_params(self, step: int, abstract_params):
@@ -60,19 +59,6 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
-
-
-class DataState:
-    """A Grain iterator's state, captured now and saved later in the iterator's place: a loop that reads batches
-    ahead of its steps saves the state from before the batches no step has consumed yet. Grain's handler writes
-    `get_state()` of any object that is not a `DatasetIterator` as bytes; these are the JSON it writes for the
-    iterator itself, so a restore into the iterator reads them unchanged."""
-
-    def __init__(self, iterator):
-        self.state = copy.deepcopy(iterator.get_state())
-
-    def get_state(self) -> bytes:
-        return json.dumps(self.state, indent=4).encode()
 
 
 def _optimizer_part(state: TrainState) -> dict:

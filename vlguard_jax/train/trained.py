@@ -11,7 +11,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from vlguard_jax import storage
 from vlguard_jax.config import Config, load_config
+from vlguard_jax.data.recipes import synthetic_dataset
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.parallel import make_mesh
 from vlguard_jax.train.checkpointing import Checkpointer
@@ -19,23 +21,26 @@ from vlguard_jax.train.setup import build, load_tokenizer
 from vlguard_jax.train.trainable import trainable_filter
 
 
-def tokenizer_dir(config: Config, workdir: Path) -> Path:
+def tokenizer_dir(config: Config, workdir: storage.PathLike) -> Path:
+    """A local folder: a run in a bucket keeps its synthetic data's tokenizer in this host's cache (made here when
+    absent)."""
     if config.model.tokenizer:
         return Path(config.model.tokenizer)
     if config.data.synthetic:
-        return workdir / "data" / "tokenizer"
+        return synthetic_dataset(config.data, workdir)["tokenizer"]
     return Path(config.model.path)
 
 
-def is_workdir(path: str | Path) -> bool:
-    return (Path(path) / "config.yaml").exists() and (Path(path) / "checkpoints").exists()
+def is_workdir(path: storage.PathLike) -> bool:
+    path = storage.path(path)
+    return (path / "config.yaml").exists() and (path / "checkpoints").exists()
 
 
 def load_trained(workdir: str | Path, step: int | None = None, mesh: Mesh | None = None,
                  dtype=None) -> tuple[LlavaForConditionalGeneration, Config]:
     """`dtype`: the compute dtype and that of the frozen weights (default: the run's); trained weights stay fp32.
     `mesh`: default one device."""
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     config = load_config(workdir / "config.yaml")
     setup = _frozen_setup(config, workdir, mesh, dtype)
     return setup.model(_restore(workdir, setup, step)), config
@@ -45,7 +50,7 @@ def load_adapters(workdirs: Sequence[str | Path], mesh: Mesh | None = None, dtyp
                   ) -> tuple[LlavaForConditionalGeneration, list[nnx.State], Config]:
     """K LoRA runs of one recipe over one base, for `evaluate_adapters`: the base built once (from the first
     run's config), each run's newest trainable leaves (adapters and projector) restored onto its shardings."""
-    workdirs = [Path(w) for w in workdirs]
+    workdirs = [storage.path(w) for w in workdirs]
     configs = [load_config(w / "config.yaml") for w in workdirs]
     first = configs[0]
     for workdir, config in zip(workdirs, configs):
@@ -80,8 +85,8 @@ def load_model_and_tokenizer(path: str | Path, dtype=jnp.float32, mesh: Mesh | N
     from vlguard_jax.checkpoints.hf import load_pretrained
     from vlguard_jax.checkpoints.tokenizer import add_model_tokens
 
-    path = Path(path)
     if is_workdir(path):
+        path = storage.path(path)
         model, config = load_trained(path, mesh=mesh, dtype=dtype)
         return model, load_tokenizer(config, tokenizer_dir(config, path))
     model, tokenizer = load_pretrained(path, dtype=dtype, mesh=mesh), AutoTokenizer.from_pretrained(path)
@@ -94,8 +99,9 @@ def export_workdir(workdir: str | Path, out: str | Path, format: str = "merged")
     fsdp-sharded over this host's devices (a 13B run's fp32 weights need not fit one device); tensors are
     gathered to the host one at a time as they are written."""
     from vlguard_jax.checkpoints.peft import export_merged, export_peft
+    from vlguard_jax.checkpoints.tokenizer import save_tokenizer
 
-    workdir, out = Path(workdir), Path(out)
+    workdir, out = storage.path(workdir), storage.path(out)
     model, config = load_trained(workdir, mesh=make_mesh(fsdp=jax.local_device_count(), devices=jax.local_devices()))
     if format == "peft":
         if config.train.mode != "lora":
@@ -110,5 +116,5 @@ def export_workdir(workdir: str | Path, out: str | Path, format: str = "merged")
         export_merged(model, out)
     else:
         raise ValueError(f"unknown export format {format!r} (merged or peft)")
-    load_tokenizer(config, tokenizer_dir(config, workdir)).save_pretrained(out)  # with the run's <image> and pad
+    save_tokenizer(load_tokenizer(config, tokenizer_dir(config, workdir)), out)  # with the run's <image> and pad
     return out
