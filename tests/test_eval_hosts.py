@@ -5,15 +5,14 @@ once per item, whatever the number of processes."""
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from eval_fixtures import random_checkpoint, vlguard_eval_args
 from judge_server import JudgeServer, completion
+from host_fixtures import Host, finish, kill, start, wait_until
 from train_fixtures import environment
 
 pytestmark = pytest.mark.slow
@@ -31,27 +30,9 @@ def command(setup, out, *extra) -> list[str]:
             *vlguard_eval_args(setup, out, 8, "--batch-size", "8", "--dtype", "float32", *extra)]
 
 
-def two_processes(setup, outs, *extra) -> list[subprocess.Popen]:
+def two_processes(setup, outs, logs, *extra) -> list[Host]:
     """Process i writes (or would write) to `outs[i]`."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return [subprocess.Popen(command(setup, out, *extra) + [
-        "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-        "--cpu-collectives", "gloo"], env=environment(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i, out in enumerate(outs)]
-
-
-def finish(processes, code: int = 0) -> list[str]:
-    """Both processes' stderr once both exit with `code`; on a failure neither is left running."""
-    try:
-        outputs = [process.communicate(timeout=600) for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    for process, (_, err) in zip(processes, outputs):
-        assert process.returncode == code, err[-3000:]
-    return [err for _, err in outputs]
+    return start([command(setup, out, *extra) for out in outs], logs)
 
 
 def results(out) -> dict:
@@ -70,25 +51,21 @@ def test_process_0_decides_and_resumes_whatever_process_1_disk_holds(setup, one_
     total = sum(len(reference[f"{p}/responses.jsonl"].splitlines()) for p in PARTS)
     assert total == 36  # 12 unsafe + 12 safe images × 2 questions
     ours, theirs = tmp_path / "host0", tmp_path / "host1"
-    processes = two_processes(setup, [ours, theirs])
-    deadline = time.time() + 600
-    while not (ours / PARTS[0] / "responses.jsonl").exists():  # killed once the first chunk is written
-        assert time.time() < deadline and all(p.poll() is None for p in processes), processes[0].stderr.read()
-        time.sleep(0.05)
-    for process in processes:
-        process.kill()
-        process.wait()
+    hosts = two_processes(setup, [ours, theirs], tmp_path / "cut")
+    wait_until((ours / PARTS[0] / "responses.jsonl").exists, hosts)  # killed once the first chunk is written
+    kill(hosts)
     written = sum(len((ours / p / "responses.jsonl").read_text().splitlines())
                   for p in PARTS if (ours / p / "responses.jsonl").exists())
     assert 0 < written < total, written
     assert not theirs.exists()  # process 1 never writes
     shutil.copytree(one_process, theirs)  # its disk now says every prompt is done: it must not matter
-    finish(two_processes(setup, [ours, theirs]))
+    finish(two_processes(setup, [ours, theirs], tmp_path / "resumed"))
     assert results(ours) == reference
     assert results(theirs) == reference and not (theirs / "judge_cache").exists()  # untouched
 
     shutil.rmtree(theirs)  # other settings: refused on process 0, and so on both, before any model loads
-    errors = finish(two_processes(setup, [ours, theirs], "--max-new-tokens", "3"), code=2)
+    errors = [err for _, err in finish(two_processes(setup, [ours, theirs], tmp_path / "refused", "--max-new-tokens",
+                                                     "3"), code=2)]
     assert f"error: {ours}/run.json: this directory holds an evaluation with other settings (max_new_tokens: 8 → " \
            f"3)" in errors[0]
     assert "this directory holds an evaluation with other settings (max_new_tokens: 8 → 3)" in errors[1]
@@ -103,7 +80,7 @@ def test_an_openai_judge_is_asked_once_per_item_on_two_processes(setup, tmp_path
 
     ours, theirs = tmp_path / "host0", tmp_path / "host1"
     with JudgeServer(safe) as server:
-        finish(two_processes(setup, [ours, theirs], "--judge", "openai", "--judge-url", server.url,
+        finish(two_processes(setup, [ours, theirs], tmp_path / "logs", "--judge", "openai", "--judge-url", server.url,
                              "--judge-model", "guard"))
     judged = [json.loads(line) for p in PARTS for line in (ours / p / "responses.jsonl").read_text().splitlines()
               if "judge_label" in json.loads(line)]

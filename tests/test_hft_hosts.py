@@ -2,15 +2,12 @@
 and process 0 alone writes; killed with -9 on both processes after the first cell and re-run, the grid finishes
 with exactly the results and responses of an uninterrupted run."""
 
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
-from train_fixtures import environment
+from host_fixtures import Host, finish, kill, start, wait_until
 from vlguard_jax.data import synthetic_text
 from vlguard_jax.data.vocab import build_tokenizer
 
@@ -45,26 +42,9 @@ def config(tmp_path_factory):
     return path
 
 
-def two_processes(config, out):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "vlguard_jax.cli", "hft", "--config", str(config), "--out", str(out),
-               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--cpu-collectives", "gloo"]
-    return [subprocess.Popen(command + ["--process-id", str(i)], env=environment(4), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for i in range(2)]
-
-
-def finish(processes) -> list[str]:
-    """Both processes' stdout once both exit 0; on a failure neither is left running."""
-    try:
-        outputs = [process.communicate(timeout=600) for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    for process, (_, err) in zip(processes, outputs):
-        assert process.returncode == 0, err[-3000:]
-    return [out for out, _ in outputs]
+def two_processes(config, out, logs) -> list[Host]:
+    command = [sys.executable, "-m", "vlguard_jax.cli", "hft", "--config", str(config), "--out", str(out)]
+    return start([command, command], logs)
 
 
 def results(out) -> dict:
@@ -74,21 +54,16 @@ def results(out) -> dict:
 
 def test_two_hosts_run_the_grid_and_resume_after_kill_9(config, tmp_path):
     whole = tmp_path / "whole"
-    printed = finish(two_processes(config, whole))
+    printed = [out for out, _ in finish(two_processes(config, whole, tmp_path / "whole-logs"))]
     assert "| vlguard | 0.25 |" in printed[0] and "| vlguard |" not in printed[1]  # process 0 reports
     reference = results(whole)
     assert sorted(k for k in reference if k.endswith("result.json")) == ["p0.25_none/result.json",
                                                                           "p0.25_vlguard/result.json"]
     cut = tmp_path / "cut"
-    processes = two_processes(config, cut)
-    deadline = time.time() + 600
-    while not (cut / "p0.25_none" / "result.json").exists():
-        assert time.time() < deadline and all(p.poll() is None for p in processes), processes[0].stderr.read()
-        time.sleep(0.05)
-    for process in processes:  # both hosts die in the middle of the grid
-        process.kill()
-        process.wait()
+    hosts = two_processes(config, cut, tmp_path / "cut-logs")
+    wait_until((cut / "p0.25_none" / "result.json").exists, hosts)
+    kill(hosts)  # both hosts die in the middle of the grid
     assert not (cut / "p0.25_vlguard" / "result.json").exists()
-    finish(two_processes(config, cut))
+    finish(two_processes(config, cut, tmp_path / "resumed-logs"))
     assert results(cut) == reference
     assert (cut / "summary.json").read_bytes() == (whole / "summary.json").read_bytes()

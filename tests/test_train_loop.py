@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.gcs_fixtures import gcs_bucket, local_gs_folders  # noqa: F401
+from host_fixtures import finish, start
 from train_fixtures import environment, run, train_command, write_config
 from vlguard_jax.config import ConfigError, load_config
 from vlguard_jax.train.metrics_log import read_metrics
@@ -118,27 +119,16 @@ def test_config_errors_name_the_key_and_the_numbers(uninterrupted, tmp_path):
               progress=False)
 
 
-def test_two_hosts_without_a_shared_disk_give_the_single_device_losses(uninterrupted, gcs_bucket, tmp_path):
+def test_two_hosts_without_a_shared_disk_give_the_single_device_losses(uninterrupted, gcs_bucket, tmp_path,
+                                                                      monkeypatch):
     """Two processes on loopback, each with its own local cache (tokenized stores, synthetic data), their run in a
     bucket: the losses of one device, and no local folder for the bucket."""
-    import socket
-
+    monkeypatch.chdir(tmp_path)
     config, reference = uninterrupted
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     workdir = f"{gcs_bucket}/two-hosts"
     command = train_command(config, workdir, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
-    logs = [open(tmp_path / f"host{i}.log", "w+") for i in range(2)]  # files: an unread pipe would stall a host
-    processes = [subprocess.Popen(command + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                                             "--process-id", str(i), "--cpu-collectives", "gloo"],
-                                  env={**environment(4), "XDG_CACHE_HOME": str(tmp_path / f"host{i}")},
-                                  cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=logs[i], text=True)
-                 for i in range(2)]
-    for process, log in zip(processes, logs):
-        process.wait(timeout=300)
-        log.seek(0)
-        assert process.returncode == 0, log.read()[-3000:]
+    finish(start([command, command], tmp_path / "logs",
+                 [{**environment(4), "XDG_CACHE_HOME": str(tmp_path / f"host{i}")} for i in range(2)]))
     for (step, ours), (_, theirs) in zip(losses(workdir), losses(reference), strict=True):
         assert abs(ours - theirs) <= 1e-5, step
     assert all(any((tmp_path / f"host{i}" / "vlguard-jax").iterdir()) for i in range(2))  # each host's own cache

@@ -7,7 +7,6 @@ entry, so loading the adapter restores it too.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 

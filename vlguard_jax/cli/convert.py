@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlguard_jax import storage
 from vlguard_jax.cli.common import DTYPES
 
 
@@ -13,7 +14,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "convert", help="convert a checkpoint (original LLaVA + CLIP, any llava-hf layout, LLaVA's stage-1 parts or "
                         "MiniGPT-v2's released parts) to llava-hf layout (MiniGPT-v2: its minigpt_v2 layout)")
     convert.add_argument("source", type=Path, help="checkpoint directory (config.json + weights)")
-    convert.add_argument("out", type=Path, help="output directory")
+    convert.add_argument("out", type=storage.path, help="output directory (local or gs://…)")
     convert.add_argument("--vision-tower", type=Path,
                          help="the separate tower: a CLIP checkpoint directory, or MiniGPT-v2's eva_vit_g.pth")
     convert.add_argument("--projector", type=Path,

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vlguard_jax import storage
 from vlguard_jax.cli.common import (DTYPES, add_distributed_arguments, add_judge_arguments, distributed,
                                     judge_options)
 from vlguard_jax.data.chat import TEMPLATES
@@ -18,7 +19,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     from vlguard_jax.evaluate.benchmarks import REGISTRY
 
     evaluate = commands.add_parser("eval", help="run safety/helpfulness benchmarks; re-run to resume")
-    evaluate.add_argument("--model", type=Path, help="checkpoint directory or training workdir (needed but for --dry-run)")
+    evaluate.add_argument("--model", type=storage.path,
+                          help="checkpoint directory or training workdir, local or gs://… (needed but for --dry-run)")
     evaluate.add_argument("--benchmark", required=True,
                           help="comma-separated: " + ", ".join(REGISTRY) + " (`vlguard-jax benchmarks` lists "
                                "what each reads)")
@@ -98,8 +100,6 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None or args.out is None:
         print("error: eval needs --model and --out (all but a --dry-run)", file=sys.stderr)
         return 2
-    from vlguard_jax import storage
-
     out = storage.path(args.out)
     options = judge_options(args, out / "judge_cache")
     for subset, judge in assigned.items():

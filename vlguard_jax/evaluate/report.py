@@ -7,7 +7,6 @@ can say when two runs were not made alike.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
