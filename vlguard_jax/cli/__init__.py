@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlguard_jax.cli import (bench, benchmarks, compare, convert, data, demo, env, evaluate, export, hft, judge, plan,
-                             sweep, train)
 from vlguard_jax.cli.quiet import quiet_libraries
+
+quiet_libraries()  # on import, before any library logs: here, and in the worker processes a command spawns (a
+# spawned process imports the entry script, and so this package, before the code it runs)
+
+from vlguard_jax.cli import (bench, benchmarks, compare, convert, data, demo, env, evaluate, export, hft,  # noqa: E402
+                             judge, plan, sweep, train)
 
 COMMANDS = (demo, hft, sweep, plan, bench, convert, train, env, export, evaluate, benchmarks, judge, compare, data)
 
@@ -23,7 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_libraries()
     from vlguard_jax.checkpoints.tensors import CheckpointError
     from vlguard_jax.config import ConfigError
     from vlguard_jax.data.sources import DataError
