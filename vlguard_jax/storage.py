@@ -33,14 +33,6 @@ def is_local(value: PathLike) -> bool:
     return "://" not in os.fspath(value)
 
 
-def local(value: PathLike, what: str) -> pathlib.Path:
-    """`value` where only a local path will do (memory-mapped files, an image archive opened in place)."""
-    if not is_local(value):
-        raise ValueError(f"{what} must be a local path, not {os.fspath(value)}: it is memory-mapped or opened in "
-                         f"place; copy it to a local disk")
-    return pathlib.Path(os.fspath(value))
-
-
 def write_file(target: PathLike, write: Callable[[str], None]) -> None:
     """`write(filename)` makes the file (a library writer that takes a file name); `target` then holds it whole,
     or what it held before: never a torn file, whatever kills the process. A remote target is one object put of

@@ -43,7 +43,10 @@ def local_folder(config: DataConfig, workdir: storage.PathLike) -> Path:
     bucket) this host's user cache, since a memory map needs a local disk. Stores are named by their content, so
     runs and hosts may share one."""
     if config.cache_dir:
-        return storage.local(config.cache_dir, "data.cache_dir")
+        if not storage.is_local(config.cache_dir):
+            raise DataError(f"data.cache_dir must be a local folder, not {config.cache_dir}: the tokenized stores "
+                            f"are memory-mapped (leave it unset: a run in a bucket caches on each host's disk)")
+        return Path(config.cache_dir)
     if storage.is_local(workdir):
         return Path(workdir) / "cache"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vlguard-jax"
