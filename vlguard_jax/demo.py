@@ -13,11 +13,10 @@ Every stage goes through the library paths the 7B recipes use (`train`, `export_
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Sequence
 
-from vlguard_jax import charts
+from vlguard_jax import charts, storage
 from vlguard_jax.config import Config, DataConfig, config_from_dict
 from vlguard_jax.data.images import ImageSource
 from vlguard_jax.data.recipes import synthetic_dataset
@@ -128,7 +127,7 @@ def run_demo(out: str | Path = "runs/demo", scale: float = 1.0) -> dict:
     print("[5/5] evaluating the safety fine-tuned model")
     after = evaluate_model(workdir, paths, out / "eval_after")
     summary = {"before": before, "after": after}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    storage.write_json(out / "summary.json", summary)
     charts.bars(out / "summary.png", [n.replace("_", "\n") for n in METRICS],
                 {stage: [summary[stage][n] for n in METRICS] for stage in summary}, "%",
                 title="VLGuard post-hoc fine-tuning on the tiny demo model")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 
+from vlguard_jax import storage
 from vlguard_jax.data.chat import ChatTokenizer, SampleError
 from vlguard_jax.data.images import ImageError, ImageSource
 from vlguard_jax.data.sources import Skip, category_counts, read_records
@@ -60,4 +59,4 @@ def _image_ok(source: ImageSource, conversation, skips: list[Skip]) -> bool:
 
 
 def write_report(report: dict, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(report, indent=1))
+    storage.write_json(path, report)
