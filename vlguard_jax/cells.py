@@ -15,11 +15,7 @@ import dataclasses
 import json
 from typing import Sequence
 
-import jax
-import numpy as np
-from jax.experimental import multihost_utils
-
-from vlguard_jax import storage
+from vlguard_jax import hosts, storage
 from vlguard_jax.config import ConfigError
 
 
@@ -40,18 +36,7 @@ class Cell:
 def prepare(cells: Sequence[Cell], overwrite: bool, grid: str) -> None:
     """Refuses (or with `overwrite` clears) every part whose results were computed with other settings, then records
     every cell's settings. `grid` names the grid in messages (e.g. "the hft grid in OUT")."""
-    refusal = None
-    if jax.process_index() == 0:
-        try:
-            _prepare(cells, overwrite, grid)
-        except ConfigError as e:
-            refusal = e
-    refused = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
-    if refusal is not None:
-        raise refusal
-    if refused:
-        raise ConfigError(f"{grid}: process 0 refused its cells' settings (its message says which)")
-    multihost_utils.sync_global_devices(f"vlguard-jax: {grid} cells prepared")
+    hosts.decide(lambda: _prepare(cells, overwrite, grid))  # every process raises process 0's refusal
 
 
 def _prepare(cells: Sequence[Cell], overwrite: bool, grid: str) -> None:

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     from vlguard_jax.data.images import ImageSource
-    from vlguard_jax.evaluate import hosts
+    from vlguard_jax import hosts
     from vlguard_jax.evaluate.fingerprint import check, describe
     from vlguard_jax.evaluate.runner import EvalConfig, auto_batch_size, eval_mesh, evaluate
     from vlguard_jax.train.trained import load_model_and_tokenizer

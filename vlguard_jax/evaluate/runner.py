@@ -32,13 +32,13 @@ from jax.experimental import multihost_utils
 from flax import nnx
 from jax.sharding import Mesh
 
-from vlguard_jax import storage
+from vlguard_jax import hosts, storage
 from vlguard_jax.config import ConfigError
 from vlguard_jax.data.chat import ChatTokenizer, SampleError
 from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource
 from vlguard_jax.data.sources import Turn
 from vlguard_jax.evaluate import fingerprint as run_record
-from vlguard_jax.evaluate import hosts, judging, passes, scoring, task_metrics
+from vlguard_jax.evaluate import judging, passes, scoring, task_metrics
 from vlguard_jax.evaluate.benchmarks import Benchmark, Prompt
 from vlguard_jax.evaluate.judges import Item, Judgment
 from vlguard_jax.evaluate.protocols import PROTOCOLS, Protocol
