@@ -26,14 +26,14 @@ from vlguard_jax.data.pipeline import PipelineConfig, build_pipeline, steps_per_
 from vlguard_jax.data.recipes import TrainingData, synthetic_dataset, training_data
 from vlguard_jax.data.store import Samples
 from vlguard_jax.parallel import place_replicated
+from vlguard_jax.train import TrainingError
 from vlguard_jax.train.checkpointing import Checkpointer
 from vlguard_jax.train.metrics_log import MetricsLog, plot_loss
 from vlguard_jax.train.optimizer import schedule
 from vlguard_jax.train.pins import check_workdir
 from vlguard_jax.train.preemption import Preemption
-from vlguard_jax.train.totals import Totals
 from vlguard_jax.train.setup import RunSetup, attention_choices, build, load_tokenizer, mesh_for, model_config
-from vlguard_jax.train import TrainingError
+from vlguard_jax.train.totals import Totals
 from vlguard_jax.train.trained import tokenizer_dir
 
 
