@@ -1,10 +1,11 @@
-"""`vlguard-jax data check`: validate a dataset."""
+"""`vlguard-jax data check`: validate a dataset (and `data audit`, in `cli.audit`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from vlguard_jax.cli import audit
 from vlguard_jax.data.chat import TEMPLATES
 
 
@@ -20,6 +21,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--num-image-tokens", type=int, default=576)
     check.add_argument("--out", type=Path, help="write the full report (every skip) as json here")
     check.set_defaults(run=run)
+    audit.register(data)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlguard_jax.cli.common import add_judge_arguments, judge_options
+from vlguard_jax.cli.common import DTYPES, add_judge_arguments, judge_options
 
 CACHE_SUFFIX = ".judge_cache"  # a network judge's replies, beside --out: judging the same lines again sends nothing
 
@@ -24,6 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                                         "safe/unsafe), mm_safetybench, vlsafe, vlguard_safe_safe, alpaca_eval "
                                         "(the last two compare with each line's 'reference'; mm_safetybench reads "
                                         "its 'category')")
+    judge.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="model judges' weights and compute")
     add_judge_arguments(judge, f"default OUT{CACHE_SUFFIX}, a directory beside --out")
     judge.set_defaults(run=run)
 

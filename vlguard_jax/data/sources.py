@@ -60,6 +60,7 @@ class Records:
     conversations: list[Conversation]
     skips: list[Skip] = dataclasses.field(default_factory=list)
     duplicate_ids: list[str] = dataclasses.field(default_factory=list)
+    indices: list[int] = dataclasses.field(default_factory=list)  # each conversation's record's place in the file
 
     def check_skip_fraction(self, max_fraction: float) -> None:
         check_skip_fraction(self.source, self.skips, len(self.conversations), max_fraction)
@@ -107,6 +108,7 @@ class _Reader:
                 self.records.skips.append(Skip(str(record_id), str(e)))
                 continue
             self.records.conversations.append(self._unique(conversation))
+            self.records.indices.append(index)
         return self.records
 
     def _unique(self, conversation: Conversation) -> Conversation:

@@ -56,6 +56,7 @@ class JudgeOptions:
     cache_dir: str | os.PathLike | None = None  # openai: cached replies (a `storage` path); a re-run sends nothing
     concurrency: int = 8  # openai: requests in flight
     dtype: str = "bfloat16"  # model judges
+    threshold: float | None = None  # llama_guard: flag by P(unsafe) ≥ threshold from one prefill (None: generate)
 
 
 def check(judge: str, options: JudgeOptions, user: str) -> None:
@@ -65,6 +66,9 @@ def check(judge: str, options: JudgeOptions, user: str) -> None:
         raise ConfigError(f"{user}: unknown judge {name!r}; known: {', '.join(judges())}")
     if name == "openai" and not (options.url and options.model):
         raise ConfigError(f"{user}: the judge {judge} needs --judge-url (the server's base URL) and --judge-model")
+    if options.threshold is not None and (name != "llama_guard" or not 0 < options.threshold < 1):
+        raise ConfigError(f"{user}: a threshold scores llama_guard's verdict token and lies in (0, 1); got "
+                          f"{options.threshold} for the judge {judge}")
     if name in MODEL_JUDGES and not (options.model and Path(options.model).is_dir()):
         raise ConfigError(f"{user}: the judge {judge} needs --judge-model, its checkpoint directory (not found: "
                           f"{options.model})")
@@ -78,6 +82,9 @@ def build(judge: str, options: JudgeOptions, mesh=None, batch_size: int = 8) -> 
         return make_judge(name, base_url=options.url, model=options.model, rubric=rubric or "harmful",
                           api_key_env=options.api_key_env, cache_dir=options.cache_dir,
                           max_concurrency=options.concurrency)
+    if name == "llama_guard":
+        return make_judge(name, path=options.model, dtype=options.dtype, batch_size=batch_size, mesh=mesh,
+                          threshold=options.threshold)
     if name in MODEL_JUDGES:
         return make_judge(name, path=options.model, dtype=options.dtype, batch_size=batch_size, mesh=mesh)
     return make_judge(name)

@@ -32,6 +32,7 @@ class Judgment:
     score: float | None = None  # pairwise judges: 1 win, 0.5 tie, 0 lose (the response against the reference)
     raw: str = ""  # the judge's own output
     tokens: tuple[int, int] | None = None  # a model judge's (prompt, completion) tokens; cached replies count too
+    probability: float | None = None  # a judge scoring by its verdict token: P(unsafe) against P(safe)
 
 
 class Judge(Protocol):
