@@ -11,9 +11,10 @@ quiet_libraries()  # on import, before any library logs: here, and in the worker
 # spawned process imports the entry script, and so this package, before the code it runs)
 
 from vlguard_jax.cli import (bench, benchmarks, compare, convert, data, demo, env, evaluate, export, hft,  # noqa: E402
-                             judge, plan, sweep, train)
+                             judge, plan, sweep, table1, train)
 
-COMMANDS = (demo, hft, sweep, plan, bench, convert, train, env, export, evaluate, benchmarks, judge, compare, data)
+COMMANDS = (demo, hft, sweep, plan, bench, convert, train, env, export, evaluate, table1, benchmarks, judge, compare,
+            data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,33 +107,14 @@ def run(args: argparse.Namespace) -> int:
             judging.check(judge, options, subset)  # before the model loads
     distributed(args)
     import jax
-    import jax.numpy as jnp
 
-    from vlguard_jax.data.images import ImageSource
-    from vlguard_jax import hosts
-    from vlguard_jax.evaluate.fingerprint import check, describe
-    from vlguard_jax.evaluate.runner import EvalConfig, auto_batch_size, eval_mesh, evaluate
-    from vlguard_jax.train.trained import load_model_and_tokenizer
+    from vlguard_jax.evaluate.checkpoint_eval import evaluate_checkpoint
 
     labels = [benchmarks.spec(name).label(args.sample, args.sample_seed) for name in names]
     files = [path for data in args.data for path in benchmarks.paths(data)]
-    run = {**describe(args.model, labels, files, args.images, chosen, args.dtype),
-           **judging.record(assigned, options)}
-    if not args.overwrite:  # before the model loads: a refusal should not cost minutes
-        hosts.decide(lambda: check(out, run))
-    mesh = eval_mesh(args.mesh, args.batch_size)
-    model, tokenizer = load_model_and_tokenizer(args.model, jnp.dtype(args.dtype), mesh=mesh)
-    if args.batch_size is None:
-        sized = auto_batch_size(model, tokenizer, suite, chosen, mesh, list(assigned.values()))
-        batch_size, how = sized.slots, sized.reason
-    else:
-        batch_size, how = args.batch_size, "--batch-size"
-    if jax.process_index() == 0:
-        print(f"slots: {batch_size} ({how})", flush=True)
-    config = EvalConfig(chosen, batch_size, args.max_skipped)
-    images = ImageSource(args.images) if args.images else None
-    summary = evaluate(model, tokenizer, suite, out, images, config, fingerprint=run, overwrite=args.overwrite,
-                       mesh=mesh, judge_options=options)
+    summary = evaluate_checkpoint(args.model, suite, labels, files, out, chosen, options, images=args.images,
+                                  dtype=args.dtype, batch_size=args.batch_size, mesh=args.mesh,
+                                  max_skipped=args.max_skipped, overwrite=args.overwrite)
     if jax.process_index() == 0:
         print((out / "report.md").read_text())
     return 0 if summary["benchmarks"] else 1
