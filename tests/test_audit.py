@@ -210,3 +210,17 @@ def test_two_processes_audit_as_one(mix, guard, tmp_path):
     finish(start([args(tmp_path / "two"), args(tmp_path / "two_process1")], tmp_path / "logs"))
     assert outputs(tmp_path / "two") == outputs(tmp_path / "one")
     assert not (tmp_path / "two_process1" / "flagged.jsonl").exists()  # process 1 writes nothing
+
+
+def test_count_tokens_counts_the_judges_prompts(mix, guard, capsys):
+    path, records, _ = mix
+    capsys.readouterr()
+    assert main(audit_args(path, "unused", "--judge-model", str(guard), "--count-tokens")) == 0
+    counted = json.loads(capsys.readouterr().out)
+    tokenizer = AutoTokenizer.from_pretrained(guard)
+    lengths = [len(tokenizer.apply_chat_template([{"role": "user", "content": line["prompt"]},
+                                                  {"role": "assistant", "content": line["response"]}],
+                                                 tokenize=True, return_dict=False)) for line in exchanges_of(records)]
+    assert counted == {"conversations": 11, "skipped_records": 1, "exchanges": len(lengths),
+                       "prompt_tokens": sum(lengths), "mean_prompt_tokens": round(sum(lengths) / len(lengths), 1),
+                       "max_prompt_tokens": max(lengths)}

@@ -31,6 +31,10 @@ def register(data: argparse._SubParsersAction) -> None:
     audit.add_argument("--mesh", help="model judges: e.g. data=2,fsdp=4 (default: fsdp over the devices the batch "
                                       "divides over)")
     audit.add_argument("--overwrite", action="store_true", help="start over, discarding the audit in --out")
+    audit.add_argument("--count-tokens", action="store_true",
+                       help="llama_guard: only count the exchanges and their prompt tokens with the judge's "
+                            "tokenizer and chat template (no weights loaded; --judge-model may hold only the "
+                            "tokenizer), print them and stop")
     add_judge_arguments(audit, "default OUT/judge_cache")
     add_distributed_arguments(audit)
     audit.set_defaults(run=run)
@@ -42,8 +46,17 @@ def run(args: argparse.Namespace) -> int:
 
     from vlguard_jax.audit import AuditConfig, run_audit
     from vlguard_jax.cli.common import judge_options
+    from vlguard_jax.config import ConfigError
     from vlguard_jax.evaluate.judging import MODEL_JUDGES
 
+    if args.count_tokens:
+        from vlguard_jax.audit.count import count_tokens
+
+        if args.judge != "llama_guard" or not args.judge_model:
+            raise ConfigError("--count-tokens counts a llama_guard judge's prompts: --judge llama_guard --judge-model "
+                              "DIR (its tokenizer)")
+        print(json.dumps(count_tokens(args.json, args.format, args.judge_model)))
+        return 0
     distributed(args)
     options = dataclasses.replace(judge_options(args, None), threshold=args.threshold)
     mesh = None

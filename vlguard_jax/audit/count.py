@@ -1,0 +1,22 @@
+"""What an audit will cost, before it runs: the exchanges of a file and the tokens of their Llama Guard prompts,
+counted with the judge's tokenizer and chat template (no weights are loaded)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from vlguard_jax.audit.exchanges import read_input
+from vlguard_jax.evaluate.judges.llama_guard import GuardPrompts
+
+
+def count_tokens(data: str | os.PathLike, format: str, judge_model: str) -> dict:
+    audit = read_input(data, format)
+    prompts = GuardPrompts(judge_model)
+    lengths = np.asarray([len(prompts.ids(e.item)) for ordinal in range(len(audit.conversations))
+                          for e in audit.exchanges(ordinal)], np.int64)
+    return {"conversations": len(audit.conversations), "skipped_records": len(audit.records.skips),
+            "exchanges": int(lengths.size), "prompt_tokens": int(lengths.sum()),
+            "mean_prompt_tokens": round(float(lengths.mean()), 1) if lengths.size else None,
+            "max_prompt_tokens": int(lengths.max()) if lengths.size else None}
