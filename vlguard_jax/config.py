@@ -55,6 +55,13 @@ class DataConfig:
     num_task: int = 5000
     poison: str | None = None  # harmful_finetune: harmful question-answer pairs (BeaverTails-style jsonl)
     poison_ratio: float = 0.0  # p: the fraction of the n samples that are harmful pairs
+    # Sample ids removed from every source the mixture draws from, before it draws (VLGuard's "Clean" models: mix665k
+    # minus what Llama Guard flagged): `vlguard-jax data audit`'s flagged.jsonl, a json list of ids (or
+    # {"ids": [...]}) or a text file of one id per line. See `data.exclusion`.
+    exclude: str | None = None
+    # VLGuard harm categories removed from the safety data ("privacy", "violence" or "risky behavior/violence"): the
+    # paper's held-out category (§4.4); vlguard-format safety data only.
+    safety_exclude_categories: tuple[str, ...] = ()
     template: str = "vicuna_v1"
     max_length: int = 2048
     truncation: str = "skip"

@@ -27,7 +27,7 @@ from vlguard_jax.data.sources import DataError
 
 @dataclasses.dataclass
 class Mixture:
-    manifest: dict  # {"kind", "seed", "parts": {name: [ids]}}
+    manifest: dict  # {"kind", "seed", "parts": {name: [ids]}}; a run's adds "sources" and "excluded" (`recipes`)
 
     @property
     def ids(self) -> list[str]:
@@ -111,7 +111,8 @@ def harmful_finetune(task: Sequence[str], poison: Sequence[str], safety: Sequenc
 
 
 def replay(manifest: dict, pools: dict[str, Sequence[str]]) -> Mixture:
-    """Rebuilds a mixture from its manifest, checking each part's ids against the pool it was drawn from."""
+    """Rebuilds a mixture from its manifest, checking each part's ids against the pool it was drawn from; the
+    manifest's other records (sources, exclusions) are kept as written."""
     for name, ids in manifest["parts"].items():
         if name not in pools:
             raise DataError(f"the manifest has a part '{name}' but no pool of that name was given")
@@ -120,7 +121,7 @@ def replay(manifest: dict, pools: dict[str, Sequence[str]]) -> Mixture:
         if missing:
             raise DataError(f"{len(missing)} ids of part '{name}' are not in its pool (first: {missing[:5]}); "
                             f"the source data changed since the manifest was written")
-    return _mixture(manifest["kind"], manifest["seed"], manifest["parts"])
+    return Mixture({**manifest, **_mixture(manifest["kind"], manifest["seed"], manifest["parts"]).manifest})
 
 
 def _safety_subset(safety, count, fraction, seed) -> list[str]:

@@ -1,9 +1,10 @@
 """A run's training samples from its `DataConfig`: sources, tokenized stores, mixture, image roots.
 
 Each source file is tokenized once into a store under `data.cache_dir` (default WORKDIR/cache; see `data.store`),
-which every later start and every host memory-maps. A run's first start records its mixture in WORKDIR/mixture.json
-(ids + source fingerprints); every later start replays those ids after checking the sources, so a resumed data
-iterator walks the same samples it was saved on.
+which every later start and every host memory-maps. A run's first start removes the samples the config excludes
+(`data.exclusion`), draws, and records its mixture in WORKDIR/mixture.json (ids, source fingerprints, what was
+excluded); every later start replays those ids after checking the sources, so a resumed data iterator walks the same
+samples it was saved on.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable
 
 from vlguard_jax import storage
 from vlguard_jax.config import DataConfig
-from vlguard_jax.data import mixture, synthetic
+from vlguard_jax.data import exclusion, mixture, synthetic
 from vlguard_jax.data.chat import ChatTokenizer
 from vlguard_jax.data.image_check import check_images
 from vlguard_jax.data.images import ImageError, ImageSource
@@ -80,7 +81,10 @@ def training_data(config: DataConfig, workdir: Path, chat: ChatTokenizer, primar
     roots = {name: _image_source(name, root) for name, root in image_roots.items()}  # before any tokenizing
     manifest_path = workdir / "mixture.json"
     recorded = _read_manifest(manifest_path)
-    checked = mixture.check_sources(recorded.get("sources", {}), paths) if recorded else {}  # before any read
+    if recorded is not None:  # before any read
+        exclusion.check_resume(recorded.get("excluded"), config.exclude)
+    checked = mixture.check_sources(recorded.get("sources", {}), paths) if recorded else {}
+    listed = None if recorded else exclusion.listed(config, formats)
     contents = {name: checked.get(name) or _fingerprint(path) for name, path in paths.items()}
     files = {name: SourceFile.of(formats[name], paths[name], config.seed, contents[name]) for name in paths}
     stores = open_stores(files, chat, local_folder(config, workdir), primary, barrier)
@@ -92,9 +96,12 @@ def training_data(config: DataConfig, workdir: Path, chat: ChatTokenizer, primar
             mix = mixture.replay(recorded, pools)
         except DataError as e:
             raise DataError(f"{manifest_path}: {e}; restore the data or start a new --workdir") from e
-        mix.manifest["sources"] = recorded.get("sources", {})
     else:
-        mix = _draw(config, pools["safety"], pools["helpful"], pools["task"], pools["poison"])
+        excluded = exclusion.excluded(config, listed, stores)
+        left = _without(pools, excluded)
+        mix = _draw(config, left["safety"], left["helpful"], left["task"], left["poison"])
+        if excluded is not None:
+            mix.manifest["excluded"] = excluded
     if not mix.manifest.get("sources"):  # first start (or a manifest from before fingerprints were recorded)
         mix.manifest["sources"] = contents
         if primary:
@@ -127,6 +134,14 @@ def _sources(config: DataConfig, workdir: Path) -> tuple[dict, dict, dict]:
                "poison": "pairs"}
     return ({name: formats[name] for name in names}, {name: getattr(config, name) for name in names},
             {name: getattr(config, f"{name}_images", None) for name in names})
+
+
+def _without(pools: dict[str, list[str]], excluded: dict | None) -> dict[str, list[str]]:
+    """Each mixture part's pool less the ids `exclusion.excluded` removed from its source."""
+    if excluded is None:
+        return pools
+    removed = {name: set(ids) for name, ids in excluded["removed"].items()}
+    return {part: [i for i in ids if i not in removed.get(POOLS[part], ())] for part, ids in pools.items()}
 
 
 def _image_source(part: str, root: str | None) -> ImageSource | None:

@@ -1,11 +1,12 @@
 """Tokenized samples cached on disk: a source file is parsed and tokenized once, then memory-mapped by every start.
 
 A store holds every record of one source file as `ChatTokenizer.encode(expand_image=False)` tokenizes it, one row
-per parsed conversation, in file order: id, image path, source name, input ids and labels (one image token per
-image), length after image expansion and, for a sample that cannot be trained on, the `SampleError` reason (its
-tokens empty). The reader's skipped records and renamed duplicates sit in meta.json. The rows are an Arrow file
-opened as a `datasets.Dataset`, memory-mapped: 665k samples cost the pages a batch touches, not a gigabyte of Python
-objects, and a mixture picks its rows by id (`Samples.select`).
+per parsed conversation, in file order: id, image path, source name, harm category (`category/subcategory` of a
+VLGuard unsafe image, else empty: what `data.safety_exclude_categories` removes without parsing again), input ids and
+labels (one image token per image), length after image expansion and, for a sample that cannot be trained on, the
+`SampleError` reason (its tokens empty). The reader's skipped records and renamed duplicates sit in meta.json. The
+rows are an Arrow file opened as a `datasets.Dataset`, memory-mapped: 665k samples cost the pages a batch touches,
+not a gigabyte of Python objects, and a mixture picks its rows by id (`Samples.select`).
 
 A store lives at CACHE/<file stem>-<format>-<digest of its key>. The key is the file's content (sha256 and size,
 not its path, so hosts that mount the data elsewhere share it), the reader (format, seed, the readers' code), the
@@ -33,14 +34,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vlguard_jax.data import sources, tasks
+from vlguard_jax.data import harm_categories, sources, tasks
 from vlguard_jax.data.chat import ChatTokenizer, Encoded, SampleError
 from vlguard_jax.data.mixture import fingerprint
 from vlguard_jax.data.sources import Conversation, DataError, Skip, read_records
 
-LAYOUT = 1  # bump when the rows change meaning; a fix to a reader (`_READERS`) rebuilds stores on its own
+LAYOUT = 2  # bump when the rows change meaning; a fix to a reader (`_READERS`) rebuilds stores on its own
 _READERS = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (sources, tasks))).hexdigest()[:16]
-SCHEMA = pa.schema([("id", pa.string()), ("image", pa.string()), ("source", pa.string()),
+SCHEMA = pa.schema([("id", pa.string()), ("image", pa.string()), ("source", pa.string()), ("category", pa.string()),
                     ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
                     ("length", pa.int32()), ("skip", pa.string())])
 ROWS, META = "samples.arrow", "meta.json"
@@ -159,9 +160,16 @@ def _encode_batch(chat: ChatTokenizer, conversations: Sequence[Conversation]) ->
         pa.array([c.id for c in conversations], pa.string()),
         pa.array([c.image for c in conversations], pa.string()),
         pa.array([c.metadata.get("source", "") for c in conversations], pa.string()),
+        pa.array([_category(c) for c in conversations], pa.string()),
         pa.ListArray.from_arrays(offsets, np.concatenate([e.input_ids for e in encoded]).astype(np.int32)),
         pa.ListArray.from_arrays(offsets, np.concatenate([e.labels for e in encoded]).astype(np.int32)),
         pa.array(lengths, pa.int32()), pa.array(skips, pa.string())], schema=SCHEMA)
+
+
+def _category(conversation: Conversation) -> str:
+    meta = conversation.metadata
+    unsafe_image = meta.get("source") == "vlguard" and not meta["safe"]
+    return harm_categories.label(meta["category"], meta.get("subcategory")) if unsafe_image else ""
 
 
 class Store:
@@ -189,6 +197,11 @@ class Store:
     @functools.cached_property
     def ids(self) -> list[str]:
         return self.table.column("id").to_pylist()
+
+    @functools.cached_property
+    def categories(self) -> list[str]:
+        """Per row, in `ids`' order: its harm category label, "" for all but VLGuard's unsafe images."""
+        return self.table.column("category").to_pylist()
 
     @functools.cached_property
     def _row_of(self) -> dict[str, int]:

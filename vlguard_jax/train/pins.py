@@ -4,8 +4,8 @@ result (an `hft` or `sweep` cell) records as its settings.
 - PINNED: changes the math or the data (model identity, trainable set, optimizer, schedule, batch, seeds, how the
   data is drawn and tokenized). A resume that changes one is refused, naming it (`check_workdir`).
 - CONTENT: a file whose content, not its path, is what counts. A resume may move it: the run's own records pin the
-  content (mixture.json the data files' sha256, tokenization.json the tokenizer's digest). A result records its
-  content digest.
+  content (mixture.json the data files' and the exclude list's sha256, tokenization.json the tokenizer's digest). A
+  result records its content digest.
 - EXTENT: how far the run goes. A resume may extend a run; a finished result depends on it.
 - FREE: performance, location, cadence and tolerance knobs, and other commands' sections: no result depends on them
   beyond rounding (a run may resume with another attention kernel, remat policy, mesh or worker count).
@@ -28,14 +28,14 @@ PINNED = frozenset({
     "model.architecture", "model.dtype",  # a random-init model's shape; the compute dtype
     "data.synthetic", "data.synthetic_options",  # generated data: its options are its content
     "data.mixture", "data.num_helpful", "data.safety_count", "data.safety_fraction", "data.num_task",
-    "data.poison_ratio", "data.seed",  # which samples are drawn
+    "data.poison_ratio", "data.seed", "data.safety_exclude_categories",  # which samples are drawn
     "data.helpful_format", "data.safety_format", "data.task_format",  # how the records are read
     "data.template", "data.max_length", "data.truncation",  # how samples are tokenized (tokenization.json too)
     "data.buckets", "data.image_mode",  # which samples share a batch; the pixels of each image
     "train.mode", "train.lora", "train.optimizer",  # the trainable set, its adapters, optimizer and schedule
     "train.global_batch_size", "train.accum_steps", "train.seed",
 })
-CONTENT = frozenset({"data.safety", "data.helpful", "data.task", "data.poison", "model.tokenizer"})
+CONTENT = frozenset({"data.safety", "data.helpful", "data.task", "data.poison", "data.exclude", "model.tokenizer"})
 EXTENT = frozenset({"train.epochs", "train.max_steps"})
 FREE = frozenset({
     "model.remat", "model.attention", "model.attention_chunk", "train.loss_chunk",  # the same math, other kernels
@@ -68,6 +68,7 @@ def check_workdir(config: Config, workdir: storage.PathLike) -> None:
     if not saved_path.exists():
         return
     saved, current = _flatten(yaml.safe_load(saved_path.read_text()) or {}), flat(config)
+    saved = {**{k: v for k, v in flat(Config()).items() if k in current}, **saved}  # a field since added: its default
     differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)
               and (role(k) == "pinned" or (role(k) is None and k in current))]  # a field since removed: not compared
     if differ:
