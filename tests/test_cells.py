@@ -127,3 +127,20 @@ def test_posthoc_claims_the_training_of_its_attack(setup):
         == attack.parts[0].settings
     assert training["model.path"] == "attacked_merged" and training["data.mixture"] == "posthoc"
     assert "data.safety" not in attack.parts[0].settings  # the attack without defence uses no safety data
+
+
+def test_a_field_added_since_a_cell_was_recorded_counts_as_its_default(setup):
+    """Cells recorded before a config field existed are reused while the field keeps its default, and refused,
+    naming it, once it is set."""
+    config, out = setup
+    rows = finish(config, out)
+    records = list(out.glob("*/settings.json"))
+    assert len(records) == 4
+    for record in records:
+        settings = json.loads(record.read_text())
+        settings["train"].pop("data.safety_exclude_categories")
+        record.write_text(json.dumps(settings))
+    assert grid.run_grid(config, out, progress=False) == rows
+    changed = dataclasses.replace(config, data=dataclasses.replace(config.data, safety_exclude_categories=("privacy",)))
+    with pytest.raises(ConfigError, match=r"data.safety_exclude_categories: \[\] → \['privacy'\]"):
+        grid.run_grid(changed, out, progress=False)

@@ -51,3 +51,62 @@ def test_sweep_over_a_real_config_with_answerless_test_records(tmp_path, capsys)
     with pytest.raises(ConfigError, match=r"holds results computed with other settings:\n  train of fraction0_seed0, "
                                           r"fraction1_seed0: train.max_steps: 1 → 2\nrerun with --overwrite"):
         run_sweep(sweep, fractions=[0.0, 1.0], config=longer, test_json=str(test), images=str(paths["images"]))
+
+
+@pytest.mark.slow
+def test_sweep_holding_out_privacy_on_the_demo_model(tmp_path, capsys):
+    """The paper's Fig. 5 setting at a tiny scale: no run trains on privacy's safety records, and each row scores the
+    Unsafe subset per harm category of the test data, the held-out one included; another hold-out is refused."""
+    from vlguard_jax.cli import main
+
+    sweep = tmp_path / "sweep"
+    assert main(["sweep", "--out", str(sweep), "--scale", "0.1", "--fractions", "1",
+                 "--holdout-category", "privacy"]) == 0
+    train = json.loads((sweep / "data" / "vlguard_train.json").read_text())
+    privacy = {r["id"] for r in train if r.get("harmful_category") == "privacy"}
+    assert privacy  # the synthetic data has the category held out
+    manifest = json.loads((sweep / "fraction1_seed0" / "mixture.json").read_text())
+    assert sorted(manifest["excluded"]["removed"]["safety"]) == sorted(privacy)
+    assert not privacy & set(manifest["parts"]["safety"])
+    assert len(manifest["parts"]["safety"]) == len(train) - len(privacy)
+
+    test = json.loads((sweep / "data" / "vlguard_test.json").read_text())
+    labels = {r["id"]: f"{r['harmful_category']}/{r['harmful_subcategory']}" for r in test if not r["safe"]}
+    responses = [json.loads(line) for line in
+                 (sweep / "eval_fraction1_seed0" / "vlguard_unsafes" / "responses.jsonl").read_text().splitlines()]
+    expected = {}
+    for label in sorted(set(labels.values())):
+        mine = [r for r in responses if labels[r["id"]] == label]
+        expected[label] = {"n": len(mine), "value": round(100 * sum(not r["refusal"] for r in mine) / len(mine), 2)}
+    written = json.loads((sweep / "sweep.json").read_text())
+    (row,) = written["rows"]
+    assert row["unsafe_asr_by_category"] == expected and "privacy/personal data" in expected
+    assert row["safety_samples"] == len(train) - len(privacy) and written["settings"]["holdout_category"] == "privacy"
+    table = (sweep / "sweep.md").read_text()
+    assert "Unsafe ASR % per harm category; held out of the safety data: privacy" in table
+    assert "| privacy/personal data (held out) |" in table
+
+    capsys.readouterr()
+    assert main(["sweep", "--out", str(sweep), "--scale", "0.1", "--fractions", "1",
+                 "--holdout-category", "risky behavior"]) == 2
+    assert ("train of fraction1_seed0: data.safety_exclude_categories: ['privacy'] → ['risky behavior']"
+            in capsys.readouterr().err)
+
+
+def test_a_held_out_category_is_pinned_in_each_cell_and_must_name_safety_records(tmp_path):
+    from vlguard_jax.data import synthetic
+    from vlguard_jax.data.sources import DataError
+    from vlguard_jax.evaluate.runner import EvalConfig
+    from vlguard_jax.sweep import sweep_cells
+
+    paths = synthetic.generate(tmp_path / "data", synthetic.SyntheticConfig(image_size=16, num_train_images=12,
+                                                                            num_test_images=1, num_instruct=2))
+    config = config_from_dict({"data": {"safety": str(paths["train"]), "helpful": str(paths["instruct"])}}, "test")
+    cells = sweep_cells(tmp_path / "sweep", [(1.0, 0, "fraction1_seed0")], 1.0, config, str(paths["test"]),
+                        EvalConfig(PROTOCOLS["vlguard"]), "privacy")
+    assert cells[0].parts[0].settings["data.safety_exclude_categories"] == ["privacy"]
+    with pytest.raises(DataError, match=r"the sweep's held-out categories \(.*vlguard_train.json\): the harm "
+                                        r"category 'weapons' names no record there; known: discrimination, "):
+        run_sweep(tmp_path / "sweep", fractions=[1.0], config=config, test_json=str(paths["test"]),
+                  images=str(paths["images"]), holdout_category="weapons")
+    assert not (tmp_path / "sweep" / "fraction1_seed0").exists()  # refused before any training

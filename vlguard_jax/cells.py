@@ -74,8 +74,16 @@ def _differences(part: Part, recorded: dict) -> tuple[str, ...]:
     if part.name not in recorded:
         return ("no settings recorded",)
     old, new = recorded[part.name], _json(part.settings)
+    old = {**{k: v for k, v in _defaults().items() if k in new}, **old}  # a config field added since: its default
     return tuple(f"{key}: {old.get(key)!r} → {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
                  if old.get(key) != new.get(key))
+
+
+def _defaults() -> dict:
+    from vlguard_jax.config import Config
+    from vlguard_jax.train.pins import flat
+
+    return _json(flat(Config()))
 
 
 def _json(settings: dict) -> dict:

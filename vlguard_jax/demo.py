@@ -101,13 +101,16 @@ def instruction_tune(out: Path, paths: dict) -> Path:
     return export_workdir(out / "instruct", out / "instruct" / "hf")
 
 
-def posthoc(workdir: Path, paths: dict, base: Path, safety_fraction: float = 1.0, seed: int = 0) -> Path:
-    """Stage 2 on `safety_fraction` of the safety data (nested across fractions for one seed)."""
+def posthoc(workdir: Path, paths: dict, base: Path, safety_fraction: float = 1.0, seed: int = 0,
+            exclude_categories: Sequence[str] = ()) -> Path:
+    """Stage 2 on `safety_fraction` of the safety data (nested across fractions for one seed), less the harm
+    categories in `exclude_categories` (a sweep's held-out category)."""
     images = str(paths["images"])
     config = stage_config(POSTHOC, model={"path": str(base)},
                     data={"safety": str(paths["train"]), "safety_images": images, "helpful": str(paths["helpful"]),
                           "helpful_images": images, "num_helpful": paths["num_helpful"],
-                          "safety_fraction": safety_fraction, "seed": seed},
+                          "safety_fraction": safety_fraction, "seed": seed,
+                          "safety_exclude_categories": list(exclude_categories)},
                     train={"seed": seed})
     train(config, workdir)
     return workdir

@@ -1,4 +1,4 @@
-"""`vlguard-jax sweep`: post-hoc fine-tuning over amounts of safety data."""
+"""`vlguard-jax sweep`: post-hoc fine-tuning over amounts of safety data, optionally holding one harm category out."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--config", type=Path, help="a real post-hoc config instead of the demo model")
     sweep.add_argument("--test-json", help="VLGuard test.json (with --config)")
     sweep.add_argument("--images", help="its image directory or zip (with --config)")
+    sweep.add_argument("--holdout-category", metavar="CATEGORY",
+                       help="train every run without this VLGuard harm category's safety data (e.g. privacy; "
+                            "data.safety_exclude_categories) and report Unsafe ASR per category (the paper's Fig. 5)")
     sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     sweep.set_defaults(run=run)
 
@@ -34,5 +37,6 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
     fractions = [float(f) for f in args.fractions.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    run_sweep(args.out, fractions, seeds, args.scale, config, args.test_json, args.images, args.overwrite)
+    run_sweep(args.out, fractions, seeds, args.scale, config, args.test_json, args.images, args.overwrite,
+              args.holdout_category)
     return 0
