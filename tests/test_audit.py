@@ -113,6 +113,12 @@ def test_refuses_other_settings_and_judges_that_do_not_decide_harm(mix, tmp_path
         capsys.readouterr()
         assert main(audit_args(path, out, "--judge", "openai", "--judge-url", server.url, "--judge-model", "x")) == 2
         assert "other settings (judge_model: 'guard' → 'x')" in capsys.readouterr().err
+        moved = tmp_path / "moved.json"
+        moved.write_bytes(path.read_bytes())
+        assert main(http_args(moved, out, server)) == 0  # the same content elsewhere: the same audit
+        moved.write_text(path.read_text().replace("A cat", "A dog"))
+        assert main(http_args(moved, out, server)) == 2
+        assert "other settings (input: " in capsys.readouterr().err
     assert main(audit_args(path, tmp_path / "k", "--judge", "keywords")) == 2
     assert "--judge keywords does not decide harm" in capsys.readouterr().err
 

@@ -10,12 +10,18 @@ import numpy as np
 from vlguard_jax.audit.exchanges import read_input
 from vlguard_jax.evaluate.judges.llama_guard import GuardPrompts
 
+BATCH = 2048  # conversations tokenized together
+
 
 def count_tokens(data: str | os.PathLike, format: str, judge_model: str) -> dict:
     audit = read_input(data, format)
     prompts = GuardPrompts(judge_model)
-    lengths = np.asarray([len(prompts.ids(e.item)) for ordinal in range(len(audit.conversations))
-                          for e in audit.exchanges(ordinal)], np.int64)
+    lengths = []
+    for start in range(0, len(audit.conversations), BATCH):
+        items = [e.item for ordinal in range(start, min(start + BATCH, len(audit.conversations)))
+                 for e in audit.exchanges(ordinal)]
+        lengths += prompts.lengths(items)
+    lengths = np.asarray(lengths, np.int64)
     return {"conversations": len(audit.conversations), "skipped_records": len(audit.records.skips),
             "exchanges": int(lengths.size), "prompt_tokens": int(lengths.sum()),
             "mean_prompt_tokens": round(float(lengths.mean()), 1) if lengths.size else None,

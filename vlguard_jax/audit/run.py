@@ -89,12 +89,11 @@ def flagged_ids(out: storage.PathLike) -> list[str]:
 
 def _settings(data, format: str, judge: str, options: judging.JudgeOptions) -> dict:
     content = fingerprint(data)
-    model = options.model
-    if model and judge.partition(":")[0] in judging.MODEL_JUDGES:
-        model = str(os.path.abspath(model))
+    on_mesh = judge.partition(":")[0] in judging.MODEL_JUDGES
     return {"input": {"path": str(data), "sha256": content["sha256"], "size": content["size"]}, "format": format,
-            "judge": judge, "judge_model": model, "threshold": options.threshold, "dtype": options.dtype,
-            "unit": "exchange", "images_shown": False}
+            "judge": judge, "judge_model": os.path.abspath(options.model) if on_mesh else options.model,
+            "threshold": options.threshold, "dtype": options.dtype if on_mesh else None, "unit": "exchange",
+            "images_shown": False}
 
 
 def _resume(out: storage.Path, settings: dict, audit: AuditInput, overwrite: bool) -> dict:
@@ -106,7 +105,8 @@ def _resume(out: storage.Path, settings: dict, audit: AuditInput, overwrite: boo
                 (out / name).unlink()
     if run.exists():
         recorded = storage.read_json(run)
-        differ = [k for k in sorted(set(recorded) | set(settings)) if recorded.get(k) != settings.get(k)]
+        where = lambda s: {**s, "input": {k: v for k, v in s["input"].items() if k != "path"}}  # a moved input: fine
+        differ = [k for k in sorted(set(recorded) | set(settings)) if where(recorded).get(k) != where(settings).get(k)]
         if differ:
             details = "; ".join(f"{k}: {recorded.get(k)!r} → {settings.get(k)!r}" for k in differ)
             raise ConfigError(f"{out} holds an audit with other settings ({details}); use another --out, or "
