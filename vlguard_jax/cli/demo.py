@@ -1,4 +1,4 @@
-"""`vlguard-jax demo`: the whole method (or the harmful-fine-tuning protocol) on a tiny model."""
+"""`vlguard-jax demo`: the whole method (or the harmful-fine-tuning protocol, or the data audit) on a tiny model."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ from pathlib import Path
 
 def register(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="the whole method on a tiny model in minutes, on a CPU")
-    demo.add_argument("--out", type=Path, help="default runs/demo (runs/demo_hft with --hft)")
-    demo.add_argument("--hft", action="store_true",
-                      help="the harmful-fine-tuning protocol instead: HS and FA over poison ratios, with and "
-                           "without the vlguard defence, on a tiny text-only model")
+    demo.add_argument("--out", type=Path, help="default runs/demo (runs/demo_hft with --hft, runs/demo_audit with "
+                                               "--audit)")
+    variant = demo.add_mutually_exclusive_group()
+    variant.add_argument("--hft", action="store_true",
+                         help="the harmful-fine-tuning protocol instead: HS and FA over poison ratios, with and "
+                              "without the vlguard defence, on a tiny text-only model")
+    variant.add_argument("--audit", action="store_true",
+                         help="VLGuard's data audit instead: a tiny Llama Guard trained here flags the harmful "
+                              "conversations of the instruction data; an aligned tiny LLaVA tuned on the data and "
+                              "on its clean part, compared for ASR")
     demo.add_argument("--scale", type=float, default=1.0, help="dataset size factor (smaller: quicker check)")
     demo.set_defaults(run=run)
 
@@ -19,9 +25,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.hft:
         from vlguard_jax.hft.demo import run_hft_demo as run_protocol
+    elif args.audit:
+        from vlguard_jax.audit.demo import run_audit_demo as run_protocol
     else:
         from vlguard_jax.demo import run_demo as run_protocol
-    out = args.out or Path("runs/demo_hft" if args.hft else "runs/demo")
+    out = args.out or Path("runs/demo_hft" if args.hft else "runs/demo_audit" if args.audit else "runs/demo")
     run_protocol(out, args.scale)
     print(f"summary, chart and every stage's outputs in {out}")
     return 0
