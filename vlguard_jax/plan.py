@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,16 +36,55 @@ HBM_GB = (16, 24, 40, 80, 141)
 
 def model_config(config: Config, architecture: str | None) -> LlavaConfig:
     """A known architecture by name, else the run's own (`vlguard_jax.train.setup.model_config`)."""
-    if architecture is None:
-        return setup.model_config(config)
-    if architecture not in KNOWN_ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {architecture!r}; known: {', '.join(KNOWN_ARCHITECTURES)}")
-    return KNOWN_ARCHITECTURES[architecture]
+    return setup.model_config(config) if architecture is None else known_architecture(architecture)
 
 
-def _shard_bytes(abstract, sharding) -> int:
-    shape = sharding.shard_shape(abstract.shape) if sharding is not None else abstract.shape
-    return int(np.prod(shape)) * jnp.dtype(abstract.dtype).itemsize
+def known_architecture(name: str) -> LlavaConfig:
+    if name not in KNOWN_ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(KNOWN_ARCHITECTURES)}")
+    return KNOWN_ARCHITECTURES[name]
+
+
+def resolve_devices(devices: int | str | Sequence[jax.Device]) -> tuple[str | None, list[jax.Device]]:
+    """(the topology name or None, the devices) of a count (the first N local devices), a TPU topology name
+    (`"v5e:2x4"`, needs libtpu) or a device list."""
+    if isinstance(devices, str):
+        return devices, slice_devices(devices)
+    return None, list(jax.devices()[:devices] if isinstance(devices, int) else devices)
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of abstract arrays with shardings (whole arrays where there is none)."""
+    def shard(abstract) -> int:
+        sharding = abstract.sharding
+        shape = sharding.shard_shape(abstract.shape) if sharding is not None else abstract.shape
+        return int(np.prod(shape)) * jnp.dtype(abstract.dtype).itemsize
+    return sum(shard(a) for a in jax.tree.leaves(tree))
+
+
+def compile_for(lowered: jax.stages.Lowered, on_tpu: bool) -> Verdict:
+    """libtpu's compile with its HBM verdict on TPU devices; elsewhere a plain compile (no memory check)."""
+    return compile_verdict(lowered) if on_tpu else Verdict(True, compiled=lowered.compile())
+
+
+def peak_bytes(memory, on_tpu: bool) -> int:
+    """Per-device peak of a compiled program: libtpu's own figure on TPU, else arguments + outputs − aliased +
+    temporaries."""
+    if on_tpu:
+        return int(memory.peak_memory_in_bytes)
+    return int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+               + memory.temp_size_in_bytes)
+
+
+def slice_verdict(topology: str | None, devices: Sequence[jax.Device], verdict: Verdict) -> dict:
+    """A TPU plan's verdict fields: the slice, its device kind, `fits`, and when it does not, the compiler's
+    message and (when it states them) its bytes needed and available."""
+    result = {"topology": topology, "device_kind": device_kind(devices), "fits": verdict.fits}
+    if not verdict.fits:
+        result["compiler_message"] = verdict.message
+        if verdict.hbm() is not None:  # the compiler's figures, as its message words them
+            result["hbm_bytes_needed"], result["hbm_bytes_available"] = verdict.hbm()
+    return result
 
 
 def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture: str | None = None,
@@ -58,12 +97,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
     `peak` is arguments + outputs − aliased + temporaries. `max_batch` (TPU only) also searches for the largest
     per-device batch that fits (`max_per_device_batch`); `log(str)` hears of each probe.
     """
-    topology = devices if isinstance(devices, str) else None
-    if topology is not None:
-        devices = slice_devices(topology)
-    elif isinstance(devices, int):
-        devices = jax.devices()[:devices]
-    devices = list(devices)
+    topology, devices = resolve_devices(devices)
     on_tpu = devices[0].platform == "tpu"
     if max_batch and not on_tpu:
         raise ConfigError("the largest batch is searched on TPU devices only (plan for a topology): only libtpu's "
@@ -74,16 +108,14 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
     rows = per_device_batch(config, mesh)
     lowered, sizes = _lower_step(config, llava, mesh)
     with captured_reshards() as reshards:
-        verdict = compile_verdict(lowered) if on_tpu else Verdict(True, compiled=lowered.compile())
+        verdict = compile_for(lowered, on_tpu)
     per_device = {"frozen_params": sizes["frozen_params"], "trainable_params": sizes["trainable_params"],
                   "optimizer_state": sizes["optimizer_state"], "temporaries": None, "peak": None}
     xla_flops, kernels = 0.0, []
     if verdict.fits:
         memory = verdict.compiled.memory_analysis()
         per_device["temporaries"] = int(memory.temp_size_in_bytes)
-        per_device["peak"] = int(memory.peak_memory_in_bytes if on_tpu else
-                                 memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                 - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+        per_device["peak"] = peak_bytes(memory, on_tpu)
         xla_flops = float((verdict.compiled.cost_analysis() or {}).get("flops", 0.0))
         kernels = custom_calls(verdict.compiled.as_text())
     peak = per_device["peak"]
@@ -103,11 +135,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
         "custom_calls": kernels,
     }
     if on_tpu:
-        result.update(topology=topology, device_kind=device_kind(devices), fits=verdict.fits)
-        if not verdict.fits:
-            result["compiler_message"] = verdict.message
-            if verdict.hbm() is not None:  # the compiler's figures, as its message words them
-                result["hbm_bytes_needed"], result["hbm_bytes_available"] = verdict.hbm()
+        result.update(slice_verdict(topology, devices, verdict))
     if max_batch:
         result["max_per_device_batch"], result["max_batch_probes"] = max_per_device_batch(
             config, llava, mesh, known={rows: verdict.fits}, log=log)
@@ -139,15 +167,23 @@ def with_per_device_batch(config: Config, rows: int, mesh) -> Config:
 def max_per_device_batch(config: Config, llava: LlavaConfig, mesh, known: dict[int, bool] | None = None,
                          limit: int = 4096, log=None) -> tuple[int, dict[int, bool]]:
     """The largest per-device batch whose train step libtpu compiles within HBM (0: not even one row), at the
-    config's sequence length: doubling (or halving) from a known probe to bracket it, then bisection. Each
-    probe is one compile; returns the answer and every probe's verdict."""
+    config's sequence length (`largest_that_fits`); returns the answer and every probe's verdict."""
+    def verdict(rows: int) -> Verdict:
+        return compile_verdict(_lower_step(with_per_device_batch(config, rows, mesh), llava, mesh)[0])
+    return largest_that_fits(verdict, known, limit, log)
+
+
+def largest_that_fits(verdict_at: Callable[[int], Verdict], known: dict[int, bool] | None = None,
+                      limit: int = 4096, log=None) -> tuple[int, dict[int, bool]]:
+    """The largest rows per device (≤ `limit`; 0: not even one) whose program `verdict_at(rows)` says fits:
+    doubling (or halving) from a known probe to bracket it, then bisection. Each probe is one compile; returns
+    the answer and every probe's verdict; `log(str)` hears of each probe."""
     probes = dict(known or {})
 
     def fits(rows: int) -> bool:
         if rows not in probes:
             began = time.perf_counter()
-            lowered, _ = _lower_step(with_per_device_batch(config, rows, mesh), llava, mesh)
-            verdict = compile_verdict(lowered)
+            verdict = verdict_at(rows)
             probes[rows] = verdict.fits
             if log is not None:
                 hbm = verdict.hbm()
@@ -188,9 +224,8 @@ def _lower_step(config: Config, llava: LlavaConfig, mesh) -> tuple[jax.stages.Lo
     with jax.set_mesh(mesh):
         batch = _abstract_batch(llava, config, mesh)
         lowered = run.train_step(t.accum_steps, t.loss_chunk).lower(state, run.frozen, batch)
-    per_device = lambda tree: sum(_shard_bytes(a, a.sharding) for a in jax.tree.leaves(tree))
-    sizes = {"frozen_params": per_device(run.frozen), "trainable_params": per_device(state.params),
-             "optimizer_state": per_device(state.opt_state)}
+    sizes = {"frozen_params": per_device_bytes(run.frozen), "trainable_params": per_device_bytes(state.params),
+             "optimizer_state": per_device_bytes(state.opt_state)}
     return lowered, sizes
 
 

@@ -13,7 +13,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     from vlguard_jax.models.config import KNOWN_ARCHITECTURES
 
     planner = commands.add_parser("plan", help="per-device memory and FLOPs of a config's train step (AOT, abstract)")
-    planner.add_argument("--config", type=Path, required=True)
+    source = planner.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path)
+    source.add_argument("--audit", action="store_true",
+                        help="instead of a train step: the llama_guard judge's scoring prefill of a data audit "
+                             "(data audit --threshold) for --architecture (llama-guard-3-8b, …); prints json")
     target = planner.add_mutually_exclusive_group(required=True)
     target.add_argument("--devices", type=int, help="devices to plan for (virtual CPUs are fine)")
     target.add_argument("--topology", help="a TPU slice, compiled for by libtpu on this machine: v5e:2x4, "
@@ -24,6 +28,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     planner.add_argument("--architecture", help="a known shape instead of model.path: "
                                                  + ", ".join(KNOWN_ARCHITECTURES))
     planner.add_argument("--out", type=storage.path, help="write the plan as json")
+    planner.add_argument("--batch", type=int, default=64, help="with --audit: the audit's --batch-size (default 64)")
+    planner.add_argument("--prompt-length", type=int, default=512,
+                         help="with --audit: the prompts' padded length, a bucket (default 512)")
     planner.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     planner.set_defaults(run=run)
 
@@ -42,15 +49,17 @@ def run(args: argparse.Namespace) -> int:
     from vlguard_jax.plan import plan
     from vlguard_jax.topology import TopologyError
 
-    overrides = list(args.overrides)
-    if args.mesh:
-        overrides += [f"mesh.{part}" for part in args.mesh.split(",")]
     if args.max_batch and args.topology is None:
         print("error: --max-batch needs --topology (only libtpu's compile says what does not fit)", file=sys.stderr)
         return 2
     if args.topology is None and jax.default_backend() == "cpu" and jax.device_count() < args.devices:
         print(f"error: only {jax.device_count()} devices are available", file=sys.stderr)
         return 2
+    if args.audit:
+        return _audit(args)
+    overrides = list(args.overrides)
+    if args.mesh:
+        overrides += [f"mesh.{part}" for part in args.mesh.split(",")]
     try:
         result = plan(load_config(args.config, overrides), args.topology or args.devices, args.architecture,
                       max_batch=args.max_batch, log=lambda line: print(f"probe: {line}", flush=True))
@@ -76,6 +85,30 @@ def run(args: argparse.Namespace) -> int:
     if "max_per_device_batch" in result:
         print(f"largest per-device batch that fits at seq {result['seq_len']}: {result['max_per_device_batch']} "
               f"(rows per device per micro-batch)")
+    if args.out:
+        storage.write_json(args.out, result)
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """`plan --audit`: the judge's prefill (`vlguard_jax.plan_audit`), its plan printed as json."""
+    import json
+
+    from vlguard_jax.plan_audit import plan_audit
+    from vlguard_jax.topology import TopologyError
+
+    if args.architecture is None or args.mesh or args.overrides:
+        print("error: --audit plans a judge by --architecture (e.g. llama-guard-3-8b), with no --mesh or KEY=VALUE",
+              file=sys.stderr)
+        return 2
+    try:
+        result = plan_audit(args.architecture, args.topology or args.devices, args.batch, args.prompt_length,
+                            max_batch=args.max_batch, log=lambda line: print(f"probe: {line}", file=sys.stderr,
+                                                                             flush=True))
+    except TopologyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
     if args.out:
         storage.write_json(args.out, result)
     return 0

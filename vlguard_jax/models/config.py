@@ -348,6 +348,19 @@ def _llava15(hidden: int, intermediate: int, layers: int, heads: int, stage1: bo
     return LlavaConfig(vision=VisionConfig(), text=text)
 
 
+def _llama3(hidden: int, intermediate: int, layers: int, head_dim: int, rope_factor: float,
+            tied: bool) -> LlavaConfig:
+    """A text-only Llama 3.1 / 3.2 decoder, read from its HF config.json values (32 heads, 8 KV heads, the 128256-token
+    vocabulary, llama3 RoPE at theta 500000 from 8192 original positions)."""
+    rope = {"rope_type": "llama3", "factor": rope_factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+    return LlavaConfig.text_only(TextConfig.from_hf({
+        "vocab_size": 128256, "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": head_dim, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0, "rope_scaling": rope, "max_position_embeddings": 131072, "tie_word_embeddings": tied,
+        "bos_token_id": 128000, "eos_token_id": 128009}))
+
+
 # Shapes of the published checkpoints (REFERENCE §1), for planning memory before any weights are downloaded.
 KNOWN_ARCHITECTURES = {
     "llava-1.5-7b": _llava15(4096, 11008, 32, 32),
@@ -360,4 +373,8 @@ KNOWN_ARCHITECTURES = {
     # MiniGPT-v2: EVA-CLIP ViT-g at 448 px, 4 tokens concatenated per image token (256), Llama-2-7b-chat
     "minigpt-v2": LlavaConfig(vision=EvaVisionConfig(), text=_llava15(4096, 11008, 32, 32, stage1=True).text,
                               projector_type="concat4", image_token_id=32000, vision_feature_layer=-1),
+    # Llama Guard 3, the `llama_guard` judge's checkpoints (huggingface.co/meta-llama/Llama-Guard-3-8B and
+    # …/Llama-Guard-3-1B, config.json): Llama 3.1 8B's shape, untied; Llama 3.2 1B's, tied, RoPE factor 32
+    "llama-guard-3-8b": _llama3(4096, 14336, 32, 128, rope_factor=8.0, tied=False),
+    "llama-guard-3-1b": _llama3(2048, 8192, 16, 64, rope_factor=32.0, tied=True),
 }
