@@ -228,5 +228,7 @@ def test_count_tokens_counts_the_judges_prompts(mix, guard, capsys):
                                                   {"role": "assistant", "content": line["response"]}],
                                                  tokenize=True, return_dict=False)) for line in exchanges_of(records)]
     assert counted == {"conversations": 11, "skipped_records": 1, "exchanges": len(lengths),
-                       "prompt_tokens": sum(lengths), "mean_prompt_tokens": round(sum(lengths) / len(lengths), 1),
+                       "prompt_tokens": sum(lengths), "bucketed_tokens": sum(next(b for b in (64, 128, 256, 512) if b >= n)
+                                                                             for n in lengths),
+                       "mean_prompt_tokens": round(sum(lengths) / len(lengths), 1),
                        "max_prompt_tokens": max(lengths)}

@@ -1,5 +1,6 @@
 """What an audit will cost, before it runs: the exchanges of a file and the tokens of their Llama Guard prompts,
-counted with the judge's tokenizer and chat template (no weights are loaded)."""
+counted with the judge's tokenizer and chat template (no weights are loaded), and the tokens a prefill computes once
+each prompt is padded to its length bucket (what `plan --audit`'s seconds per token apply to)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import os
 import numpy as np
 
 from vlguard_jax.audit.exchanges import read_input
+from vlguard_jax.buckets import bucket
 from vlguard_jax.evaluate.judges.llama_guard import GuardPrompts
+from vlguard_jax.generate.sampling import PROMPT_BUCKETS
 
 BATCH = 2048  # conversations tokenized together
 
@@ -24,5 +27,6 @@ def count_tokens(data: str | os.PathLike, format: str, judge_model: str) -> dict
     lengths = np.asarray(lengths, np.int64)
     return {"conversations": len(audit.conversations), "skipped_records": len(audit.records.skips),
             "exchanges": int(lengths.size), "prompt_tokens": int(lengths.sum()),
+            "bucketed_tokens": sum(bucket(int(n), PROMPT_BUCKETS) for n in lengths),
             "mean_prompt_tokens": round(float(lengths.mean()), 1) if lengths.size else None,
             "max_prompt_tokens": int(lengths.max()) if lengths.size else None}
