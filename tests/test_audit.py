@@ -1,5 +1,6 @@
 """`data audit`: every exchange of an instruction file judged, the flagged ones listed, a clean copy written; through
-a network judge that is asked once per exchange, and through a local Llama Guard that judges as `judge` does."""
+a network judge that is asked once per exchange, through a local Llama Guard that judges as `judge` does (on one
+process or two), resumed after kill -9, into a bucket."""
 
 import json
 import signal
@@ -12,9 +13,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from host_fixtures import finish, start
 from audit_fixtures import MARKER, marker_server, planted_mix, verdict_guard, write_mix
+from host_fixtures import finish, start
+from tests.gcs_fixtures import gcs_bucket, local_gs_folders  # noqa: F401
 from train_fixtures import environment
+from vlguard_jax import storage
 from vlguard_jax.audit import flagged_ids
 from vlguard_jax.cli import main
 from vlguard_jax.evaluate.judges import Item, make_judge
@@ -232,3 +235,15 @@ def test_count_tokens_counts_the_judges_prompts(mix, guard, capsys):
                                                                              for n in lengths),
                        "mean_prompt_tokens": round(sum(lengths) / len(lengths), 1),
                        "max_prompt_tokens": max(lengths)}
+
+
+def test_an_audit_into_a_bucket_writes_what_a_local_one_writes(mix, gcs_bucket, tmp_path, monkeypatch):  # noqa: F811
+    path, _, _ = mix
+    monkeypatch.chdir(tmp_path)
+    with marker_server() as server:
+        assert main(http_args(path, tmp_path / "local", server)) == 0
+        assert main(http_args(path, f"{gcs_bucket}/audit", server)) == 0
+    remote = storage.path(f"{gcs_bucket}/audit")
+    assert {name: (remote / name).read_bytes() for name in STABLE} == {
+        name: (tmp_path / "local" / name).read_bytes() for name in STABLE}
+    assert (remote / "judge_cache").exists() and not local_gs_folders(tmp_path)

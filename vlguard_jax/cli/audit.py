@@ -12,9 +12,8 @@ def register(data: argparse._SubParsersAction) -> None:
                                           "moderation judge; writes flagged.jsonl, clean.json (the input minus the "
                                           "flagged conversations), report.md/png and audit.json, resumably")
     audit.add_argument("--format", choices=("llava", "vlguard", "alpaca"), required=True)
-    audit.add_argument("--json", required=True, help="the instruction file (e.g. llava_v1_5_mix665k.json)")
-    audit.add_argument("--images", help="its image root: not read (the moderators are text-only); accepted so the "
-                                        "command line matches `data check`")
+    audit.add_argument("--json", required=True, help="the instruction file (e.g. llava_v1_5_mix665k.json); its images "
+                                                     "are not read: the moderators are text-only")
     audit.add_argument("--out", required=True, help="output directory: a local folder or gs://…")
     audit.add_argument("--judge", default="llama_guard",
                        help="llama_guard (a local Llama Guard checkpoint: --judge-model DIR), beaver_dam, or openai "
