@@ -121,7 +121,8 @@ def _short(text: str, limit: int = 200) -> str:
 def _figure(target: storage.Path, summary: dict) -> None:
     fig, (left, right) = storage.figure(10, 3.5, columns=2)
     for ax, title, counts in (
-            (left, "flagged conversations per category", summary["per_category"]),
+            (left, "flagged conversations per category",
+             {f"{code} {CATEGORY_NAMES.get(code, '')}".strip(): n for code, n in summary["per_category"].items()}),
             (right, "flagged per source dataset (% of its conversations)",
              {name: 100 * row["flagged"] / row["conversations"] for name, row in summary["per_source"].items()})):
         names = list(counts)
