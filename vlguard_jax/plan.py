@@ -45,12 +45,20 @@ def known_architecture(name: str) -> LlavaConfig:
     return KNOWN_ARCHITECTURES[name]
 
 
-def resolve_devices(devices: int | str | Sequence[jax.Device]) -> tuple[str | None, list[jax.Device]]:
-    """(the topology name or None, the devices) of a count (the first N local devices), a TPU topology name
-    (`"v5e:2x4"`, needs libtpu) or a device list."""
+def resolve_devices(devices: int | str | Sequence[jax.Device], max_batch: bool = False
+                    ) -> tuple[str | None, list[jax.Device], bool]:
+    """(the topology name or None, the devices, whether they are TPUs) of a count (the first N local devices), a TPU
+    topology name (`"v5e:2x4"`, needs libtpu) or a device list; a search for the largest batch (`max_batch`) is
+    refused off TPU."""
     if isinstance(devices, str):
-        return devices, slice_devices(devices)
-    return None, list(jax.devices()[:devices] if isinstance(devices, int) else devices)
+        topology, devices = devices, slice_devices(devices)
+    else:
+        topology, devices = None, list(jax.devices()[:devices] if isinstance(devices, int) else devices)
+    on_tpu = devices[0].platform == "tpu"
+    if max_batch and not on_tpu:
+        raise ConfigError("the largest batch is searched on TPU devices only (plan for a topology): only libtpu's "
+                          "compile says what does not fit")
+    return topology, devices, on_tpu
 
 
 def per_device_bytes(tree) -> int:
@@ -97,11 +105,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
     `peak` is arguments + outputs − aliased + temporaries. `max_batch` (TPU only) also searches for the largest
     per-device batch that fits (`max_per_device_batch`); `log(str)` hears of each probe.
     """
-    topology, devices = resolve_devices(devices)
-    on_tpu = devices[0].platform == "tpu"
-    if max_batch and not on_tpu:
-        raise ConfigError("the largest batch is searched on TPU devices only (plan for a topology): only libtpu's "
-                          "compile says what does not fit")
+    topology, devices, on_tpu = resolve_devices(devices, max_batch)
     llava = model_config(config, architecture)
     t = config.train
     mesh = setup.mesh_for(config, devices)

@@ -46,11 +46,7 @@ def plan_audit(architecture: str | LlavaConfig, devices: int | str | Sequence[ja
     largest `--batch-size` that fits, in multiples of the device count; `log(str)` hears of each probe.
     """
     text = judge_config(architecture)
-    topology, devices = resolve_devices(devices)
-    on_tpu = devices[0].platform == "tpu"
-    if max_batch and not on_tpu:
-        raise ConfigError("the largest batch is searched on TPU devices only (plan for a topology): only libtpu's "
-                          "compile says what does not fit")
+    topology, devices, on_tpu = resolve_devices(devices, max_batch)
     mesh = audit_mesh(batch, devices)
     began = time.perf_counter()
     lowered, weights = lower_prefill(text, mesh, batch, prompt_length, dtype)
