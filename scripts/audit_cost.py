@@ -9,7 +9,7 @@ spends fewer tokens on English than LLaMA-2's 32k: the count errs high. With --p
 --audit … --out FILE`) it adds the time of the padded prompts' prefill at the slice's peak FLOP/s: a lower bound,
 not a measurement.
 
-    python scripts/audit_cost.py --tokenizer ../shared/tokenizers/llama2 [--samples 665000] [--plan plan.json]
+    python scripts/audit_cost.py --tokenizer DIR [--samples 665000] [--plan plan.json]
 """
 
 from __future__ import annotations
