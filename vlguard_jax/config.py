@@ -45,7 +45,8 @@ class DataConfig:
     helpful: str | None = None  # helpfulness / instruction data json
     helpful_format: str = "llava"  # llava or alpaca
     helpful_images: str | None = None
-    mixture: str = "posthoc"  # posthoc, mixed, safety (its data only), helpful (instruction data only), harmful_finetune
+    mixture: str = "posthoc"  # posthoc, mixed, safety (its data only), helpful (instruction data only), harmful_finetune,
+    # preference (the pairs of data.preference only: train.objective dpo or ipo)
     safety_format: str = "vlguard"  # or alpaca (text refusals: the text models' safety data)
     num_helpful: int = 5000
     safety_count: int | None = None
@@ -62,6 +63,15 @@ class DataConfig:
     # VLGuard harm categories removed from the safety data ("privacy", "violence" or "risky behavior/violence"): the
     # paper's held-out category (§4.4); vlguard-format safety data only.
     safety_exclude_categories: tuple[str, ...] = ()
+    # Preference pairs (data.mixture: preference): a JSONL of {id, image?, prompt, chosen, rejected} (jsonl), SPA-VL's
+    # release (spavl: its parquet file or folder, images embedded or named under preference_images), or VLGuard's
+    # train json (vlguard: VLGuard's answer chosen; rejected from data.rejected, else the initial model's own answer,
+    # generated once into WORKDIR/rejected). See `data.preference`.
+    preference: str | None = None
+    preference_format: str = "jsonl"
+    preference_images: str | None = None
+    num_preference: int | None = None  # pairs drawn (seeded); unset: all
+    rejected: str | None = None  # vlguard pairs: a JSONL of {id, rejected} answers instead of generating them
     template: str = "vicuna_v1"
     max_length: int = 2048
     truncation: str = "skip"
@@ -90,8 +100,18 @@ class LoraSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class PreferenceSection:
+    """DPO / IPO (`train.objective`): the policy's log-probability margin over the reference's, β scaling it."""
+
+    beta: float = 0.1  # DPO's β; IPO's τ
+    label_smoothing: float = 0.0  # cDPO: the assumed fraction of pairs whose labels are flipped (sigmoid loss only)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     mode: str = "lora"  # lora (adapters + projector), full (all but the vision tower), projector
+    objective: str = "sft"  # sft (masked cross-entropy), dpo or ipo (preference pairs: data.mixture preference)
+    preference: PreferenceSection = PreferenceSection()
     lora: LoraSection = LoraSection()
     optimizer: OptimizerConfig = OptimizerConfig()
     epochs: int = 3

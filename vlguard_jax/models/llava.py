@@ -91,14 +91,17 @@ class LlavaForConditionalGeneration(nnx.Module):
         return self.multi_modal_projector(hidden)
 
     def embed(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
-              row_images: bool = False) -> jax.Array:
+              row_images: bool = False, rows_per_image: int = 1) -> jax.Array:
         if pixel_values is None:  # an image token generated as text keeps its own embedding row, as in HF
             return self.language_model.model.embed_tokens(input_ids)
         is_image = input_ids == self.config.image_token_id
         embeds = self.language_model.model.embed_tokens(jnp.where(is_image, 0, input_ids))
         if not (row_images or isinstance(is_image, jax.core.Tracer)):  # eager check; jitted callers validate upstream
             _check_image_tokens(int(is_image.sum()), pixel_values.shape[0], self.config.num_image_tokens)
-        return splice_image_features(embeds, is_image, self.image_features(pixel_values), row_images)
+        features = self.image_features(pixel_values)
+        if rows_per_image > 1:  # encoded once, spliced into each of its rows (a preference pair's two answers)
+            features = jnp.repeat(features, rows_per_image, axis=0)
+        return splice_image_features(embeds, is_image, features, row_images)
 
     def __call__(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
                  attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
@@ -121,9 +124,11 @@ class LlavaForConditionalGeneration(nnx.Module):
     def hidden_states(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
                       attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
                       cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-                      dropout_key: jax.Array | None = None, row_images: bool = False, padding: str = "unknown"):
+                      dropout_key: jax.Array | None = None, row_images: bool = False, padding: str = "unknown",
+                      rows_per_image: int = 1):
         """The decoder's final normed hidden states and the cache: `__call__` without the vocabulary projection
-        (a chunked loss projects a slice at a time)."""
+        (a chunked loss projects a slice at a time). With `row_images`, `rows_per_image` consecutive rows share
+        `pixel_values[row // rows_per_image]`."""
         batch, length = input_ids.shape
         if attention_mask is None:
             if cache is not None:
@@ -131,7 +136,7 @@ class LlavaForConditionalGeneration(nnx.Module):
             attention_mask = jnp.ones((batch, length), bool)
         if positions is None:
             positions = jnp.broadcast_to(cache_index + jnp.arange(length), (batch, length))
-        return self.language_model.model(self.embed(input_ids, pixel_values, row_images), positions,
+        return self.language_model.model(self.embed(input_ids, pixel_values, row_images, rows_per_image), positions,
                                          attention_mask, cache, cache_index, dropout_key, padding)
 
 

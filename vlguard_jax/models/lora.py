@@ -69,3 +69,11 @@ def merge_lora(model: nnx.Module) -> None:
             delta = jnp.einsum("...ir,...ro->...io", module.lora_a[...], module.lora_b[...]) * module.lora_scale
             module.kernel[...] = (module.kernel[...].astype(jnp.float32) + delta).astype(module.kernel.dtype)
             module.lora_a = module.lora_b = None
+
+
+def remove_adapters(model: nnx.Module) -> None:
+    """Drops every adapter unread, in place: the base model the adapters were attached to (a preference run's
+    reference, with no copy of the base weights)."""
+    for _, module in nnx.iter_graph(model):
+        if isinstance(module, Linear) and module.lora_a is not None:
+            module.lora_a = module.lora_b = None

@@ -28,18 +28,21 @@ PINNED = frozenset({
     "model.architecture", "model.dtype",  # a random-init model's shape; the compute dtype
     "data.synthetic", "data.synthetic_options",  # generated data: its options are its content
     "data.mixture", "data.num_helpful", "data.safety_count", "data.safety_fraction", "data.num_task",
-    "data.poison_ratio", "data.seed", "data.safety_exclude_categories",  # which samples are drawn
-    "data.helpful_format", "data.safety_format", "data.task_format",  # how the records are read
+    "data.poison_ratio", "data.num_preference", "data.seed", "data.safety_exclude_categories",  # the draw
+    "data.helpful_format", "data.safety_format", "data.task_format", "data.preference_format",  # how records are read
     "data.template", "data.max_length", "data.truncation",  # how samples are tokenized (tokenization.json too)
     "data.buckets", "data.image_mode",  # which samples share a batch; the pixels of each image
     "train.mode", "train.lora", "train.optimizer",  # the trainable set, its adapters, optimizer and schedule
+    "train.objective", "train.preference",  # the loss
     "train.global_batch_size", "train.accum_steps", "train.seed",
 })
-CONTENT = frozenset({"data.safety", "data.helpful", "data.task", "data.poison", "data.exclude", "model.tokenizer"})
+CONTENT = frozenset({"data.safety", "data.helpful", "data.task", "data.poison", "data.exclude", "data.preference",
+                     "data.rejected", "model.tokenizer"})
 EXTENT = frozenset({"train.epochs", "train.max_steps"})
 FREE = frozenset({
     "model.remat", "model.attention", "model.attention_chunk", "train.loss_chunk",  # the same math, other kernels
-    "data.workers", "data.cache_dir", "data.safety_images", "data.helpful_images",  # throughput; where things are
+    "data.workers", "data.cache_dir",  # throughput
+    "data.safety_images", "data.helpful_images", "data.preference_images",  # where the images are
     "data.max_skip_fraction", "data.max_missing_images", "data.max_image_failures",
     "train.max_consecutive_nonfinite",  # tolerances: when to stop, not what is computed
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",  # cadence

@@ -10,6 +10,8 @@ weight (compute dtype), of every trainable weight (fp32) and, once `init_state` 
 - `"abstract"`: nothing (plan: shapes and shardings only);
 - `"init"`: everything (a new run: base weights from the checkpoint or drawn at random, adapters drawn);
 - `"frozen"`: the frozen weights only; the trainable ones come from a run checkpoint (resume, eval, export).
+A preference run (`train.objective` dpo / ipo) also holds its reference (`train.preference`): built from the initial
+weights, so such a run is set up with `"init"` (or `"abstract"`) even when it resumes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.models.lora import LoraConfig, apply_lora
 from vlguard_jax.parallel import logical_to_spec, make_mesh, variable_sharding
 from vlguard_jax.train.optimizer import build_optimizer
+from vlguard_jax.train.preference import OBJECTIVES, PreferenceLoss, preference_loss_sums, reference_params
 from vlguard_jax.train.step import TrainState, init_state, make_train_step, merge_params, state_shardings
 from vlguard_jax.train.trainable import split_model
 
@@ -48,10 +51,17 @@ class RunSetup:
     params: dict  # fp32 trainable parameters as a pure dict: arrays, or `ShapeDtypeStruct`s with shardings
     tx: optax.GradientTransformation
     seed: int
+    preference: PreferenceLoss | None = None  # train.objective dpo / ipo; None: sft
+    reference: dict | None = None  # a preference run's reference weights (`preference.reference_params`)
 
     @property
     def frozen_shardings(self):
         return jax.tree.map(lambda a: a.sharding, self.frozen)
+
+    @property
+    def step_weights(self):
+        """What the train step reads beside its state: the frozen State, and a preference run's reference."""
+        return self.frozen if self.preference is None else (self.frozen, self.reference)
 
     @property
     def state_shardings(self) -> TrainState:
@@ -77,11 +87,14 @@ class RunSetup:
         return state
 
     def train_step(self, accum_steps: int, loss_chunk: int = 0, dropout: bool = True):
-        """`step(state, frozen, batch) -> (state, metrics)`, jitted with this mesh's shardings (call it under
+        """`step(state, step_weights, batch) -> (state, metrics)`, jitted with this mesh's shardings (call it under
         `jax.set_mesh(setup.mesh)`)."""
         state_sh = self.state_shardings
-        step = make_train_step(self.graphdef, self.template, self.tx, accum_steps, dropout, loss_chunk)
-        return jax.jit(step, in_shardings=(state_sh, self.frozen_shardings, self.batch_sharding),
+        objective = None if self.preference is None else preference_loss_sums(
+            self.graphdef, self.template, self.preference, dropout, loss_chunk)
+        step = make_train_step(self.graphdef, self.template, self.tx, accum_steps, dropout, loss_chunk, objective)
+        weights_sh = jax.tree.map(lambda a: a.sharding, self.step_weights)
+        return jax.jit(step, in_shardings=(state_sh, weights_sh, self.batch_sharding),
                        out_shardings=(state_sh, None), donate_argnums=0,
                        compiler_options=compiler_options(self.mesh))
 
@@ -226,7 +239,27 @@ def build(config: Config, mesh: Mesh, *, values: str = "init", llava: LlavaConfi
         trainable = _concrete(trainable, everything, llava, config, on_tensor)
     params = nnx.to_pure_dict(trainable)
     tx = build_optimizer(config.train.optimizer, params, total_steps)
-    return RunSetup(llava, mesh, graphdef, _abstract_state(trainable), frozen, params, tx, config.train.seed)
+    template = _abstract_state(trainable)
+    preference = preference_loss(config)
+    reference = None if preference is None or values == "frozen" else reference_params(
+        template, params, jnp.dtype(dtype or config.model.dtype))  # its initial weights: needs values init
+    return RunSetup(llava, mesh, graphdef, template, frozen, params, tx, config.train.seed, preference, reference)
+
+
+def preference_loss(config: Config) -> PreferenceLoss | None:
+    """`train.objective`'s preference loss (None: sft), checked against `data.mixture`."""
+    t = config.train
+    if t.objective not in OBJECTIVES:
+        raise ConfigError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {t.objective!r}")
+    if (t.objective == "sft") != (config.data.mixture != "preference"):
+        raise ConfigError(f"train.objective={t.objective} with data.mixture={config.data.mixture}: the preference "
+                          f"objectives (dpo, ipo) train on preference pairs (data.mixture: preference) and only they do")
+    if t.objective == "sft":
+        return None
+    try:
+        return PreferenceLoss(t.objective, t.preference.beta, t.preference.label_smoothing)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _concrete(wanted: nnx.State, everything: nnx.State, llava: LlavaConfig, config: Config, on_tensor) -> nnx.State:

@@ -1,9 +1,10 @@
-"""The training step: masked cross-entropy over the global batch, gradients of the trainable State only.
+"""The training step: the objective's loss over the global batch, gradients of the trainable State only.
 
 The global batch is split into `accum_steps` micro-batches scanned on device (each device splits its own rows:
-`split_micro_batches`); losses and gradients are summed and divided once by the number of supervised tokens of
-the whole global batch, so accumulation gives exactly the token-mean loss of one large batch. A non-finite loss
-or gradient skips the update and is counted.
+`split_micro_batches`). Each micro-batch returns its loss summed over its units (supervised tokens for SFT's
+masked cross-entropy, pairs for a preference loss: `train.preference`) with their count; losses, gradients and
+metrics are summed and divided once by the count of the whole global batch, so accumulation gives exactly the mean
+of one large batch. A non-finite loss or gradient skips the update and is counted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from vlguard_jax.data.chat import IGNORE
 from vlguard_jax.parallel import constrain
 
+LossSums = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
+# (params, weights, micro-batch, dropout key) -> (loss summed over the units, {"count": units, "tokens": supervised
+# tokens, other metrics summed over the units})
+
 
 class TrainState(flax.struct.PyTreeNode):
     step: jax.Array
@@ -31,13 +36,15 @@ class TrainState(flax.struct.PyTreeNode):
 
 def cross_entropy_sums(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Sum of next-token NLL over supervised positions, and their count (fp32 log-softmax)."""
-    return _nll_sums(logits[:, :-1], labels[:, 1:])
+    nll, count = _nll_sums(logits[:, :-1], labels[:, 1:])
+    return jnp.sum(nll), jnp.sum(count)
 
 
 def _nll_sums(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per row: the NLL summed over its supervised positions, and their count."""
     valid = targets != IGNORE
     nll = _token_nll(logits.astype(jnp.float32), jnp.where(valid, targets, 0))
-    return jnp.sum(nll * valid), jnp.sum(valid)
+    return jnp.sum(nll * valid, axis=-1), jnp.sum(valid, axis=-1)
 
 
 @jax.custom_vjp
@@ -65,6 +72,13 @@ _token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)
 def chunked_cross_entropy_sums(hidden: jax.Array, labels: jax.Array, project: Callable, chunk: int):
     """`cross_entropy_sums` of `project(hidden)` computed `chunk` positions at a time, each chunk rematerialised
     in the backward pass: fp32 logits never exist for the whole `[batch, len, vocab]` at once."""
+    nll, count = row_cross_entropy_sums(hidden, labels, project, chunk)
+    return jnp.sum(nll), jnp.sum(count)
+
+
+def row_cross_entropy_sums(hidden: jax.Array, labels: jax.Array, project: Callable, chunk: int):
+    """Per row of `hidden`: `chunked_cross_entropy_sums`' NLL sum and supervised-token count (a sequence's
+    log-probability is minus its sum)."""
     hidden, targets = hidden[:, :-1], labels[:, 1:]
     length = hidden.shape[1]
     if chunk <= 0 or chunk >= length:
@@ -83,7 +97,8 @@ def chunked_cross_entropy_sums(hidden: jax.Array, labels: jax.Array, project: Ca
         nll, count = _nll_sums(logits, t)
         return (carry[0] + nll, carry[1] + count), None
 
-    (nll, count), _ = jax.lax.scan(body, (jnp.float32(0), jnp.int32(0)), (h_chunks, t_chunks))
+    zeros = (jnp.zeros(batch, jnp.float32), jnp.zeros(batch, jnp.int32))
+    (nll, count), _ = jax.lax.scan(body, zeros, (h_chunks, t_chunks))
     return nll, count
 
 
@@ -110,35 +125,49 @@ def merge_params(graphdef: nnx.GraphDef, template: nnx.State, params, frozen: nn
     return nnx.merge(graphdef, trainable, frozen)
 
 
-def make_train_step(graphdef: nnx.GraphDef, template: nnx.State, tx: optax.GradientTransformation,
-                    accum_steps: int = 1, dropout: bool = True, loss_chunk: int = 0) -> Callable:
-    """`step(state, frozen, batch) -> (state, metrics)`; jit it with the shardings of the caller's mesh.
-
-    `loss_chunk` > 0 computes the loss that many positions at a time (see `chunked_cross_entropy_sums`)."""
+def sft_loss_sums(graphdef: nnx.GraphDef, template: nnx.State, dropout: bool = True, loss_chunk: int = 0) -> LossSums:
+    """Masked next-token cross-entropy, its unit the supervised token. `loss_chunk` > 0 computes it that many
+    positions at a time (see `chunked_cross_entropy_sums`)."""
 
     def loss_sums(params, frozen, micro, key):
         model = merge_params(graphdef, template, params, frozen)
         hidden, _ = model.hidden_states(micro["input_ids"], micro.get("pixel_values"), micro["attention_mask"],
                                         dropout_key=key if dropout else None, row_images=True,
                                         padding="right")  # the pipeline pads rows on the right
-        return chunked_cross_entropy_sums(hidden, micro["labels"], model.language_model.logits, loss_chunk)
+        nll, tokens = chunked_cross_entropy_sums(hidden, micro["labels"], model.language_model.logits, loss_chunk)
+        return nll, {"count": tokens, "tokens": tokens}
 
+    return loss_sums
+
+
+def make_train_step(graphdef: nnx.GraphDef, template: nnx.State, tx: optax.GradientTransformation,
+                    accum_steps: int = 1, dropout: bool = True, loss_chunk: int = 0,
+                    loss_sums: LossSums | None = None) -> Callable:
+    """`step(state, weights, batch) -> (state, metrics)`; jit it with the shardings of the caller's mesh.
+
+    `loss_sums` is the objective (default: `sft_loss_sums`, whose `weights` are the frozen State); its metrics,
+    summed over the global batch's units and divided by their count, come back beside the loss."""
+    loss_sums = loss_sums or sft_loss_sums(graphdef, template, dropout, loss_chunk)
     grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
 
-    def step(state: TrainState, frozen: nnx.State, batch: dict) -> tuple[TrainState, dict]:
+    def step(state: TrainState, weights, batch: dict) -> tuple[TrainState, dict]:
         rng, step_key = jax.random.split(state.rng)
         micro_batches = split_micro_batches(batch, accum_steps)
 
         def accumulate(carry, inputs):
             micro, key = inputs
-            (loss_sum, tokens), grads = grad_fn(state.params, frozen, micro, key)
-            grad_acc, loss_acc, token_acc = carry
-            return (jax.tree.map(jnp.add, grad_acc, grads), loss_acc + loss_sum, token_acc + tokens), None
+            (loss_sum, sums), grads = grad_fn(state.params, weights, micro, key)
+            grad_acc, loss_acc, sums_acc = carry
+            return (jax.tree.map(jnp.add, grad_acc, grads), loss_acc + loss_sum,
+                    jax.tree.map(jnp.add, sums_acc, sums)), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         keys = jax.random.split(step_key, accum_steps)
-        (grads, loss_sum, tokens), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0), (micro_batches, keys))
-        denominator = jnp.maximum(tokens, 1)
+        first = jax.tree.map(lambda x: x[0], micro_batches)
+        no_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                               jax.eval_shape(loss_sums, state.params, weights, first, keys[0])[1])
+        (grads, loss_sum, sums), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), no_sums), (micro_batches, keys))
+        denominator = jnp.maximum(sums["count"], 1)
         grads = jax.tree.map(lambda g: g / denominator, grads)
         loss = loss_sum / denominator
         grad_norm = optax.tree.norm(grads)
@@ -149,7 +178,8 @@ def make_train_step(graphdef: nnx.GraphDef, template: nnx.State, tx: optax.Gradi
         new_state = state.replace(step=state.step + finite.astype(state.step.dtype),
                                   params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
                                   rng=rng, nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
-        return new_state, {"loss": loss, "grad_norm": grad_norm, "tokens": tokens, "finite": finite}
+        means = {k: v / denominator for k, v in sums.items() if k not in ("count", "tokens")}
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "tokens": sums["tokens"], "finite": finite, **means}
 
     return step
 
