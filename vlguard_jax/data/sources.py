@@ -235,11 +235,13 @@ def read_alpaca(path: str | os.PathLike, *, on_error: str = "skip") -> Records:
 
 
 def read_records(format: str, path: str | os.PathLike, **kwargs) -> Records:
-    from vlguard_jax.data.tasks import TASK_READERS  # they build on this module
+    from vlguard_jax.data.preference import PREFERENCE_READERS  # they build on this module, as do the tasks'
+    from vlguard_jax.data.tasks import TASK_READERS
 
-    readers = {"vlguard": read_vlguard, "llava": read_llava, "alpaca": read_alpaca, **TASK_READERS}
+    readers = {"vlguard": read_vlguard, "llava": read_llava, "alpaca": read_alpaca, **TASK_READERS,
+               **PREFERENCE_READERS}
     if format not in readers:
-        raise DataError(f"unknown data format {format!r}; known: {', '.join(FORMATS)}")
+        raise DataError(f"unknown data format {format!r}; known: {', '.join(FORMATS + tuple(PREFERENCE_READERS))}")
     return readers[format](path, **kwargs)
 
 
