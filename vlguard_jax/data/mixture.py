@@ -4,6 +4,7 @@
   `llava_v1_5_mix665k` or Alpaca);
 - mixed: the safety data appended to the whole original instruction set;
 - the safety data itself can be sub-sampled by count or fraction for data-scaling studies;
+- preference: DPO's pairs (all, or a seeded count);
 - harmful fine-tuning: a user's task data of which a fraction p are harmful pairs, with or without safety data. Sub-samples of one
   seed are nested (the first k of one permutation), so a sweep over sizes compares like with like.
 Mixes are drawn over sample ids (a pool is a source file's ids, in file order), so 665k samples cost a list of
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -40,7 +42,14 @@ class Mixture:
 
 
 def fingerprint(path: str | os.PathLike) -> dict:
-    """{"path", "size", "sha256"} of a source file, hashed in 1 MiB chunks (sources can be gigabytes)."""
+    """{"path", "size", "sha256"} of a source file, hashed in 1 MiB chunks (sources can be gigabytes); of a folder
+    (a dataset's parquet shards), over its files' names and contents in name order."""
+    if os.path.isdir(path):
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(f"{file.relative_to(path)}\0{fingerprint(file)['sha256']}\0".encode())
+        return {"path": str(path), "size": sum(f.stat().st_size for f in files), "sha256": digest.hexdigest()}
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(2**20), b""):
@@ -55,7 +64,7 @@ def check_sources(recorded: dict[str, dict], paths: dict[str, str | os.PathLike]
     current = {}
     for name, old in recorded.items():
         path = paths.get(name) or old["path"]
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise DataError(f"{path}: missing, but this run's mixture was drawn from it "
                             f"(sha256 {old['sha256'][:12]}…, {old['size']} bytes); {fix}")
         new = fingerprint(path)
@@ -108,6 +117,12 @@ def harmful_finetune(task: Sequence[str], poison: Sequence[str], safety: Sequenc
     if safety_count:
         parts["safety"] = sample(safety, count=safety_count, seed=seed + 2)
     return _mixture("harmful_finetune", seed, parts)
+
+
+def preference(pairs: Sequence[str], count: int | None = None, *, seed: int = 0) -> Mixture:
+    """Preference pairs: all of them, or `count` drawn (nested across counts for one seed)."""
+    chosen = list(pairs) if count is None else sample(pairs, count=count, seed=seed)
+    return _mixture("preference", seed, {"preference": chosen})
 
 
 def replay(manifest: dict, pools: dict[str, Sequence[str]]) -> Mixture:

@@ -10,6 +10,7 @@
    this point does not stop the epoch: its row keeps its shape, carries no loss, and is marked in the batch's
    `image_failed` with the reason in `image_error`; the training loop counts them against
    data.max_image_failures.
+4. Preference pairs (`rejected` given): each row holds a pair, `[rows, 2, len]` tokens, one image.
 The iterator's `get_state()`/`set_state()` resume a run at the exact batch.
 """
 
@@ -52,11 +53,14 @@ class PipelineConfig:
 
 
 class HostBatch:
-    """Global batch indices → this host's padded numpy batch (runs in Grain worker processes)."""
+    """Global batch indices → this host's padded numpy batch (runs in Grain worker processes).
+
+    With `rejected` (preference pairs, aligned with `samples`), token arrays are `[rows, 2, len]`: side 0 the
+    chosen sample, side 1 the rejected one; the pair's one image is the chosen sample's."""
 
     def __init__(self, samples: Samples, chat: ChatTokenizer, images: ImageRoots,
-                 config: PipelineConfig, process_index: int, process_count: int):
-        self.samples, self.images, self.config = samples, images, config
+                 config: PipelineConfig, process_index: int, process_count: int, rejected: Samples | None = None):
+        self.samples, self.images, self.config, self.rejected = samples, images, config, rejected
         self.image_token_id, self.num_image_tokens = chat.image_token_id, chat.num_image_tokens
         self.pad_id = chat.tokenizer.pad_token_id or 0
         self.expand = chat.expand
@@ -67,10 +71,11 @@ class HostBatch:
         length = bucket(int(self.samples.lengths[global_indices].max()), self.config.buckets, "a sample")
         indices = np.asarray(global_indices)[self.host_slice]
         size = self.config.image.size
+        sides = (len(indices),) if self.rejected is None else (len(indices), 2)
         batch = {
-            "input_ids": np.full((len(indices), length), self.pad_id, np.int32),
-            "labels": np.full((len(indices), length), IGNORE, np.int32),
-            "attention_mask": np.zeros((len(indices), length), bool),
+            "input_ids": np.full((*sides, length), self.pad_id, np.int32),
+            "labels": np.full((*sides, length), IGNORE, np.int32),
+            "attention_mask": np.zeros((*sides, length), bool),
             "sample_index": indices.astype(np.int32),
             "image_failed": np.zeros(len(indices), bool),
         }
@@ -79,11 +84,11 @@ class HostBatch:
             batch["pixel_values"] = np.zeros((len(indices), 3, size, size), np.float32)
         for row, i in enumerate(indices):  # row b's image sits in pixel_values[b] (the model's `row_images`)
             sample = self.samples[i]
-            encoded = self.expand(sample["encoded"])
-            n = len(encoded.input_ids)
-            batch["input_ids"][row, :n] = encoded.input_ids
-            batch["labels"][row, :n] = encoded.labels
-            batch["attention_mask"][row, :n] = True
+            if self.rejected is None:
+                self._write(batch, row, sample)
+            else:
+                self._write(batch, (row, 0), sample)
+                self._write(batch, (row, 1), self.rejected[i])
             if sample["image"] is None:
                 continue
             try:
@@ -98,10 +103,17 @@ class HostBatch:
         batch["image_error"] = np.array(errors)
         return batch
 
+    def _write(self, batch: dict, at, sample: dict) -> None:
+        encoded = self.expand(sample["encoded"])
+        n = len(encoded.input_ids)
+        batch["input_ids"][at][:n] = encoded.input_ids
+        batch["labels"][at][:n] = encoded.labels
+        batch["attention_mask"][at][:n] = True
+
 
 def build_pipeline(samples: Samples, chat: ChatTokenizer, images: ImageRoots,
                    config: PipelineConfig, process_index: int = 0, process_count: int = 1,
-                   start: int = 0) -> grain.IterDataset:
+                   start: int = 0, rejected: Samples | None = None) -> grain.IterDataset:
     """The batch stream of one host from global batch `start` on: `num_epochs` shuffled epochs, the last partial
     global batch dropped. Batch k is a function of k alone (the seed fixes the order; reading a batch draws nothing),
     so a resumed run starts at its step with no iterator state, whatever `workers` it reads with."""
@@ -117,7 +129,7 @@ def build_pipeline(samples: Samples, chat: ChatTokenizer, images: ImageRoots,
                .shuffle(seed=config.seed)
                .repeat(config.num_epochs)
                .batch(config.global_batch_size, drop_remainder=True)[start:]
-               .map(HostBatch(samples, chat, images, config, process_index, process_count))
+               .map(HostBatch(samples, chat, images, config, process_index, process_count, rejected))
                .to_iter_dataset(read))
     if config.workers > 0:
         if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags; we are not an absl app

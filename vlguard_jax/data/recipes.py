@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from vlguard_jax import storage
 from vlguard_jax.config import DataConfig
 from vlguard_jax.data import exclusion, mixture, synthetic
@@ -25,9 +27,11 @@ from vlguard_jax.data.images import ImageError, ImageSource
 from vlguard_jax.data.sources import DataError, Skip, check_skip_fraction
 from vlguard_jax.data.store import Samples, SourceFile, open_stores
 
-MIXTURES = ("posthoc", "mixed", "safety", "helpful", "harmful_finetune")
-POOLS = {"safety": "safety", "helpful": "helpful", "instruction": "helpful", "task": "task", "poison": "poison"}
-# (mixture part → the source it is drawn from)
+MIXTURES = ("posthoc", "mixed", "safety", "helpful", "harmful_finetune", "preference")
+POOLS = {"safety": "safety", "helpful": "helpful", "instruction": "helpful", "task": "task", "poison": "poison",
+         "preference": "chosen"}
+# (mixture part → the source it is drawn from; a preference file is read as two sources, its chosen and its rejected
+# side, whose ids are the same)
 
 
 @dataclasses.dataclass
@@ -37,6 +41,8 @@ class TrainingData:
     images: list[ImageSource | None]  # per store of `samples`: its data part's image root (None: no images)
     skips: list[Skip]  # records the readers skipped
     sample_skips: list[Skip]  # mixture samples the tokenizer refused (too long, nothing supervised, …)
+    rejected: Samples | None = None  # preference pairs: the rejected side of each of `samples` (the chosen side),
+    # whose lengths are then each pair's longer side
 
 
 def local_folder(config: DataConfig, workdir: storage.PathLike) -> Path:
@@ -78,6 +84,8 @@ def training_data(config: DataConfig, workdir: Path, chat: ChatTokenizer, primar
     if config.mixture not in MIXTURES:
         raise DataError(f"data.mixture must be one of {', '.join(MIXTURES)}, got {config.mixture!r}")
     formats, paths, image_roots = _sources(config, workdir)
+    if formats.get("chosen") == "spavl:chosen":  # SPA-VL's embedded images, extracted once per host
+        image_roots = {**image_roots, **_spavl_images(config, workdir, primary, barrier)}
     roots = {name: _image_source(name, root) for name, root in image_roots.items()}  # before any tokenizing
     manifest_path = workdir / "mixture.json"
     recorded = _read_manifest(manifest_path)
@@ -85,12 +93,18 @@ def training_data(config: DataConfig, workdir: Path, chat: ChatTokenizer, primar
         exclusion.check_resume(recorded.get("excluded"), config.exclude)
     checked = mixture.check_sources(recorded.get("sources", {}), paths) if recorded else {}
     listed = None if recorded else exclusion.listed(config, formats)
-    contents = {name: checked.get(name) or _fingerprint(path) for name, path in paths.items()}
+    contents = {}
+    for name, path in paths.items():  # a preference file, read as two sources, is hashed once
+        same = next((contents[known] for known in contents if paths[known] == path), None)
+        contents[name] = checked.get(name) or same or _fingerprint(path)
     files = {name: SourceFile.of(formats[name], paths[name], config.seed, contents[name]) for name in paths}
     stores = open_stores(files, chat, local_folder(config, workdir), primary, barrier)
     for name, store in stores.items():
         check_skip_fraction(paths[name], store.reader_skips, len(store), config.max_skip_fraction)
     pools = {part: stores[name].ids if name in stores else [] for part, name in POOLS.items()}
+    if "rejected" in stores and stores["rejected"].ids != stores["chosen"].ids:
+        raise DataError(f"{paths['chosen']}: its chosen and rejected sides were read with different ids (a reader "
+                        f"bug); report it with the file")
     if recorded is not None:
         try:
             mix = mixture.replay(recorded, pools)
@@ -99,13 +113,15 @@ def training_data(config: DataConfig, workdir: Path, chat: ChatTokenizer, primar
     else:
         excluded = exclusion.excluded(config, listed, stores)
         left = _without(pools, excluded)
-        mix = _draw(config, left["safety"], left["helpful"], left["task"], left["poison"])
+        mix = _draw(config, left["safety"], left["helpful"], left["task"], left["poison"], left["preference"])
         if excluded is not None:
             mix.manifest["excluded"] = excluded
     if not mix.manifest.get("sources"):  # first start (or a manifest from before fingerprints were recorded)
         mix.manifest["sources"] = contents
         if primary:
             mix.write_manifest(manifest_path)
+    if config.mixture == "preference":
+        return _pairs(config, mix, stores, roots)
     samples, sample_skips = Samples.select([(stores[POOLS[part]], ids) for part, ids in mix.manifest["parts"].items()
                                             if ids])
     parts = [next(name for name, store in stores.items() if store is known) for known in samples.stores]
@@ -115,14 +131,56 @@ def training_data(config: DataConfig, workdir: Path, chat: ChatTokenizer, primar
     return TrainingData(mix, samples, images, skips, sample_skips)
 
 
+def _pairs(config: DataConfig, mix: mixture.Mixture, stores: dict, roots: dict) -> TrainingData:
+    """The mixture's pairs as two aligned `Samples`; a pair either side of which the tokenizer refused is skipped
+    whole, with that side's reason."""
+    chosen, rejected = stores["chosen"], stores["rejected"]
+    refused = {}
+    for side, store in (("rejected", rejected), ("chosen", chosen)):
+        refused.update({store.ids[row]: f"{side} answer: {reason}" for row, reason in store.skipped.items()})
+    ids = mix.manifest["parts"]["preference"]
+    kept = [i for i in ids if i not in refused]
+    if not kept:
+        raise DataError(f"none of the {len(ids)} preference pairs of {config.preference} can be trained on (first: "
+                        f"{next(iter(refused.values()), 'none drawn')})")
+    (samples, _), (rejected_samples, _) = Samples.select([(chosen, kept)]), Samples.select([(rejected, kept)])
+    samples.lengths = np.maximum(samples.lengths, rejected_samples.lengths)
+    images = [roots["chosen"]]
+    check_images(samples, images, ["preference"], config.max_missing_images)
+    skips = list(chosen.reader_skips)  # the rejected side's reader skipped the same records
+    sample_skips = [Skip(i, refused[i]) for i in ids if i in refused]
+    return TrainingData(mix, samples, images, skips, sample_skips, rejected_samples)
+
+
+def _spavl_images(config: DataConfig, workdir: Path, primary: bool, barrier) -> dict[str, str]:
+    """The image root of SPA-VL's embedded images: a zip each host extracts once into its `local_folder` (the
+    primary first, so a shared cache is written once); none when its records name image files instead."""
+    from vlguard_jax.data.preference import ensure_spavl_images
+
+    folder = local_folder(config, workdir)
+    zipped = ensure_spavl_images(config.preference, folder) if primary else None
+    barrier("vlguard-jax: SPA-VL images extracted by the primary process")
+    zipped = zipped or ensure_spavl_images(config.preference, folder)
+    return {} if zipped is None else {"chosen": str(zipped), "rejected": str(zipped)}
+
+
 def _sources(config: DataConfig, workdir: Path) -> tuple[dict, dict, dict]:
-    """Reader format, file and image root of each source the mixture uses, by name ("safety", "helpful")."""
+    """Reader format, file and image root of each source the mixture uses, by name ("safety", "helpful"; a
+    preference file's "chosen" and "rejected" sides)."""
     if config.synthetic:
         paths = synthetic_dataset(config, workdir)
         config = dataclasses.replace(config, safety=str(paths["train"]), helpful=str(paths["instruct"]),
                                      helpful_format="llava",  # image roots given in the config replace theirs
                                      safety_images=config.safety_images or str(paths["images"]),
                                      helpful_images=config.helpful_images or str(paths["images"]))
+    if config.mixture == "preference":
+        from vlguard_jax.data.preference import side_formats
+
+        if config.preference is None:
+            raise DataError("data.mixture=preference needs data.preference: the pairs file")
+        chosen, rejected = side_formats(config.preference_format)
+        return ({"chosen": chosen, "rejected": rejected}, {"chosen": config.preference, "rejected": config.preference},
+                {"chosen": config.preference_images, "rejected": config.preference_images})
     if config.mixture == "harmful_finetune":
         names = ["task", "poison"] + ["safety"] * bool(config.safety_count)
     else:
@@ -152,14 +210,16 @@ def _image_source(part: str, root: str | None) -> ImageSource | None:
 
 
 def _fingerprint(path: str) -> dict:
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     return mixture.fingerprint(path)
 
 
-def _draw(config: DataConfig, safety: list[str], helpful: list[str], task: list[str],
-          poison: list[str]) -> mixture.Mixture:
+def _draw(config: DataConfig, safety: list[str], helpful: list[str], task: list[str], poison: list[str],
+          preference: list[str]) -> mixture.Mixture:
     kwargs = dict(seed=config.seed, safety_count=config.safety_count, safety_fraction=config.safety_fraction)
+    if config.mixture == "preference":
+        return mixture.preference(preference, config.num_preference, seed=config.seed)
     if config.mixture == "harmful_finetune":
         return mixture.harmful_finetune(task, poison, safety, config.num_task, config.poison_ratio,
                                         config.safety_count or 0, seed=config.seed)

@@ -34,13 +34,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vlguard_jax.data import harm_categories, sources, tasks
+from vlguard_jax.data import harm_categories, preference, sources, tasks
 from vlguard_jax.data.chat import ChatTokenizer, Encoded, SampleError
 from vlguard_jax.data.mixture import fingerprint
 from vlguard_jax.data.sources import Conversation, DataError, Skip, read_records
 
 LAYOUT = 2  # bump when the rows change meaning; a fix to a reader (`_READERS`) rebuilds stores on its own
-_READERS = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (sources, tasks))).hexdigest()[:16]
+_READERS = hashlib.sha256(b"".join(Path(m.__file__).read_bytes()
+                                   for m in (sources, tasks, preference))).hexdigest()[:16]
 SCHEMA = pa.schema([("id", pa.string()), ("image", pa.string()), ("source", pa.string()), ("category", pa.string()),
                     ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
                     ("length", pa.int32()), ("skip", pa.string())])
@@ -75,7 +76,7 @@ def store_key(file: SourceFile, chat: ChatTokenizer) -> dict:
 
 def store_path(file: SourceFile, chat: ChatTokenizer, cache_dir: str | os.PathLike) -> Path:
     digest = hashlib.sha256(json.dumps(store_key(file, chat), sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"{Path(file.path).stem}-{file.format}-{digest}"
+    return Path(cache_dir) / f"{Path(file.path).stem}-{file.format.replace(':', '-')}-{digest}"
 
 
 def ensure(file: SourceFile, chat: ChatTokenizer, cache_dir: str | os.PathLike, workers: int | None = None) -> Path:
