@@ -1,8 +1,8 @@
 """`train(config, workdir)`: the whole fine-tuning run, resumable by re-running it with the same workdir.
 
-A short composition of named steps: run files (`write_run_files`), the tokenizer, the data (tokenized once into
-memory-mapped stores, `data.store`), samples, the pipeline, the shared run setup straight onto the mesh
-(`train.setup`), then `run_steps`. Re-running restores the newest checkpoint, reads the recorded mixture's batches on
+A short composition of named steps: run files (`write_run_files`), the tokenizer, the data (VLGuard turned into
+preference pairs first when asked, `data.vlguard_pairs`; tokenized once into memory-mapped stores, `data.store`),
+samples, the pipeline, the shared run setup straight onto the mesh (`train.setup`), then `run_steps`. Re-running restores the newest checkpoint, reads the recorded mixture's batches on
 from its step and continues bit-for-bit; SIGTERM to any one process makes every process save the same step and
 return; repeated non-finite steps stop the run with the last good checkpoint intact.
 """
@@ -25,6 +25,7 @@ from vlguard_jax.data.images import ImageConfig
 from vlguard_jax.data.pipeline import PipelineConfig, build_pipeline, steps_per_epoch
 from vlguard_jax.data.recipes import TrainingData, synthetic_dataset, training_data
 from vlguard_jax.data.store import Samples
+from vlguard_jax.data.vlguard_pairs import ensure_pairs
 from vlguard_jax.parallel import place_replicated
 from vlguard_jax.train import TrainingError
 from vlguard_jax.train.checkpointing import Checkpointer
@@ -77,12 +78,14 @@ def _train(config: Config, workdir: storage.Path, mesh, stop: Preemption, progre
     chat = ChatTokenizer(tokenizer, config.data.template, llava.num_image_tokens, config.data.max_length,
                          config.data.truncation)
     record_tokenization(chat, workdir, primary)
-    data = training_data(config.data, workdir, chat, primary, multihost_utils.sync_global_devices)
+    readable = ensure_pairs(config, workdir, primary)  # VLGuard as pairs: converted once (the run keeps `config`)
+    data = training_data(readable.data, workdir, chat, primary, multihost_utils.sync_global_devices)
     samples = training_samples(config, data, workdir, primary)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     start = checkpointer.latest_step() or 0
     iterator, total_steps = data_pipeline(config, samples, chat, data, llava, start)
-    setup = build(config, mesh, values="frozen" if start else "init", llava=llava, tokenizer=tokenizer,
+    resumed_sft = start and config.train.objective == "sft"  # a preference run's reference needs the initial weights
+    setup = build(config, mesh, values="frozen" if resumed_sft else "init", llava=llava, tokenizer=tokenizer,
                   total_steps=total_steps)  # a resumed run reads its trainable weights from the checkpoint alone
     state = checkpointer.restore(start, setup.abstract_state())[0] if start else setup.init_state()
     try:
@@ -148,7 +151,8 @@ def training_samples(config: Config, data: TrainingData, workdir: storage.Path, 
     skips = data.skips + sample_skips
     if primary:
         storage.write_json(workdir / "skips.json", [dataclasses.asdict(s) for s in skips])
-        print(f"{len(samples)} training samples; {len(skips)} skipped (reasons in {workdir / 'skips.json'})")
+        unit = "preference pairs" if data.rejected is not None else "training samples"
+        print(f"{len(samples)} {unit}; {len(skips)} skipped (reasons in {workdir / 'skips.json'})")
     total = len(samples) + len(sample_skips)
     if total and len(sample_skips) / total > config.data.max_skip_fraction:
         raise TrainingError(f"{len(sample_skips)} of {total} samples cannot be trained on (see "
@@ -165,7 +169,7 @@ def data_pipeline(config: Config, samples: Samples, chat: ChatTokenizer, data: T
         global_batch_size=t.global_batch_size, buckets=config.data.buckets, num_epochs=t.epochs,
         seed=config.data.seed, workers=config.data.workers, image=images)
     pipeline = build_pipeline(samples, chat, data.images, pipeline_config, jax.process_index(), jax.process_count(),
-                              start)
+                              start, data.rejected)
     total_steps = t.epochs * steps_per_epoch(samples, pipeline_config)
     return iter(pipeline), min(total_steps, t.max_steps) if t.max_steps else total_steps
 
@@ -196,7 +200,7 @@ def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Ch
             current = ahead
             counts.see(current.local)
             with jax.set_mesh(setup.mesh):
-                state, metrics = step_fn(state, setup.frozen, current.batch)
+                state, metrics = step_fn(state, setup.step_weights, current.batch)
                 window = _accumulate(window, metrics, current.image_failed)
             step += 1
             ahead = _read(iterator, setup.batch_sharding) if step < total_steps else None  # while the step runs
@@ -211,7 +215,8 @@ def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Ch
                               "grad_norm": float(seen["grad_norm"]), "tokens": int(seen["tokens"]),
                               "tokens_per_s": round(int(seen["window"]["tokens"]) / (time.perf_counter() - tic), 1),
                               "image_failures": totals.image_failures, "empty_steps": totals.empty_steps,
-                              "nonfinite_steps": int(seen["nonfinite_steps"])}  # the last three: the run's so far
+                              "nonfinite_steps": int(seen["nonfinite_steps"]),  # the last three: the run's so far
+                              **{k: float(seen[k]) for k in PREFERENCE_METRICS if k in seen}}
                     if log is not None:
                         log.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
@@ -235,6 +240,8 @@ def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Ch
 
 
 BATCH_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values")
+PREFERENCE_METRICS = ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected", "logp_chosen",
+                      "logp_rejected")  # a preference step's (`train.preference`), means over the step's pairs
 SHOWN_FAILURES = 5  # rows whose image failed that the stop names
 
 

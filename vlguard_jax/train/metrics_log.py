@@ -47,13 +47,23 @@ def read_metrics(workdir: storage.PathLike) -> list[dict]:
 
 
 def plot_loss(workdir: storage.PathLike) -> storage.Path | None:
+    """WORKDIR/loss.png: the loss; a preference run's beside its rewards (chosen, rejected, margin) and accuracy."""
     records = read_metrics(workdir)
     if not records:
         return None
-    fig, ax = storage.figure()
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records])
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (token mean)")
+    steps = [r["step"] for r in records]
+    preference = "reward_accuracy" in records[0]
+    fig, axes = storage.figure(width=12 if preference else 6, columns=2 if preference else 1)
+    ax = axes[0] if preference else axes
+    ax.plot(steps, [r["loss"] for r in records])
+    ax.set_ylabel("loss (pair mean)" if preference else "loss (token mean)")
     ax.set_title(storage.path(workdir).name)
-    ax.grid(alpha=0.3)
+    if preference:
+        for key in ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy"):
+            axes[1].plot(steps, [r[key] for r in records], label=key.removeprefix("reward_"))
+        axes[1].set_title("implicit rewards β·(log π − log π_ref) and accuracy")
+        axes[1].legend()
+    for each in (axes if preference else [axes]):
+        each.set_xlabel("step")
+        each.grid(alpha=0.3)
     return storage.save_figure(fig, storage.path(workdir) / "loss.png")
