@@ -15,6 +15,7 @@ from vlguard_jax.models.lora import DEFAULT_TARGETS, LoraConfig, apply_lora
 from vlguard_jax.plan import plan, train_flops
 from vlguard_jax.train.setup import make_model
 from vlguard_jax.train.optimizer import OptimizerConfig, build_optimizer
+from vlguard_jax.train.preference import PreferenceLoss, preference_loss_sums, reference_params
 from vlguard_jax.train.step import init_state, make_train_step
 from vlguard_jax.train.trainable import split_model
 
@@ -60,9 +61,11 @@ def _one_layer_model(tower: str = "clip") -> LlavaConfig:
                        projector_type="mlp2x_gelu" if tower == "clip" else "concat4")
 
 
-@pytest.mark.parametrize("mode,tower,targets", [("lora", "clip", DEFAULT_TARGETS), ("full", "clip", DEFAULT_TARGETS),
-                                                ("lora", "eva", r"language_model\.model\.layers\.self_attn\.(q|v)_proj")])
-def test_train_flops_formula_matches_xla_cost_analysis(mode, tower, targets):
+@pytest.mark.parametrize("mode,tower,targets,objective", [
+    ("lora", "clip", DEFAULT_TARGETS, "sft"), ("full", "clip", DEFAULT_TARGETS, "sft"),
+    ("lora", "eva", r"language_model\.model\.layers\.self_attn\.(q|v)_proj", "sft"),
+    ("lora", "clip", DEFAULT_TARGETS, "dpo"), ("full", "clip", DEFAULT_TARGETS, "dpo")])
+def test_train_flops_formula_matches_xla_cost_analysis(mode, tower, targets, objective):
     llava, rows, length, rank = _one_layer_model(tower), 4, 128, 16
     model = LlavaForConditionalGeneration(llava, rngs=nnx.Rngs(0))
     if mode == "lora":
@@ -71,13 +74,18 @@ def test_train_flops_formula_matches_xla_cost_analysis(mode, tower, targets):
     params = nnx.to_pure_dict(trainable)
     tx = build_optimizer(OptimizerConfig(), params, total_steps=10)
     state = jax.eval_shape(lambda p: init_state(p, tx, 0), params)
-    batch = {"input_ids": jax.ShapeDtypeStruct((rows, length), jnp.int32),
-             "labels": jax.ShapeDtypeStruct((rows, length), jnp.int32),
-             "attention_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_),
+    tokens = (rows, length) if objective == "sft" else (rows, 2, length)
+    batch = {"input_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
+             "labels": jax.ShapeDtypeStruct(tokens, jnp.int32),
+             "attention_mask": jax.ShapeDtypeStruct(tokens, jnp.bool_),
              "pixel_values": jax.ShapeDtypeStruct((rows, 3, 32, 32), jnp.float32)}
-    compiled = jax.jit(make_train_step(graphdef, trainable, tx, dropout=False)).lower(state, frozen, batch).compile()
-    xla = compiled.cost_analysis()["flops"]
-    ours = train_flops(llava, mode, rows, length, rank, targets)
+    weights, objective_sums = frozen, None
+    if objective != "sft":
+        weights = (frozen, reference_params(trainable, params, jnp.float32))
+        objective_sums = preference_loss_sums(graphdef, trainable, PreferenceLoss(objective), dropout=False)
+    step = make_train_step(graphdef, trainable, tx, dropout=False, loss_sums=objective_sums)
+    xla = jax.jit(step).lower(state, weights, batch).compile().cost_analysis()["flops"]
+    ours = train_flops(llava, mode, rows, length, rank, targets, objective)
     assert abs(ours - xla) / xla < 0.10, (ours, xla)
 
 

@@ -113,8 +113,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
     lowered, sizes = _lower_step(config, llava, mesh)
     with captured_reshards() as reshards:
         verdict = compile_for(lowered, on_tpu)
-    per_device = {"frozen_params": sizes["frozen_params"], "trainable_params": sizes["trainable_params"],
-                  "optimizer_state": sizes["optimizer_state"], "temporaries": None, "peak": None}
+    per_device = {**sizes, "temporaries": None, "peak": None}
     xla_flops, kernels = 0.0, []
     if verdict.fits:
         memory = verdict.compiled.memory_analysis()
@@ -123,11 +122,14 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
         xla_flops = float((verdict.compiled.cost_analysis() or {}).get("flops", 0.0))
         kernels = custom_calls(verdict.compiled.as_text())
     peak = per_device["peak"]
-    tokens = t.global_batch_size * config.data.max_length
-    flops = train_flops(llava, t.mode, t.global_batch_size, config.data.max_length, t.lora.rank, t.lora.targets)
+    sequences = t.global_batch_size * (1 if t.objective == "sft" else 2)  # a preference pair: two answers
+    tokens = sequences * config.data.max_length
+    flops = train_flops(llava, t.mode, t.global_batch_size, config.data.max_length, t.lora.rank, t.lora.targets,
+                        t.objective)
     parts = setup.attention_choices(config, llava, devices[0].platform)
     result = {
-        "devices": len(devices), "mesh": dict(mesh.shape), "mode": t.mode, "global_batch": t.global_batch_size,
+        "devices": len(devices), "mesh": dict(mesh.shape), "mode": t.mode, "objective": t.objective,
+        "global_batch": t.global_batch_size,
         "attention": parts["decoder"]["implementation"], "attention_parts": parts,
         "accum_steps": t.accum_steps, "per_device_batch": rows,
         "seq_len": config.data.max_length, "loss_chunk": t.loss_chunk,
@@ -218,7 +220,8 @@ def largest_that_fits(verdict_at: Callable[[int], Verdict], known: dict[int, boo
 
 def _lower_step(config: Config, llava: LlavaConfig, mesh) -> tuple[jax.stages.Lowered, dict]:
     """The config's train step on `mesh`, lowered with abstract state and batch (nothing allocated), and the
-    per-device bytes of what it holds: `{"frozen_params", "trainable_params", "optimizer_state"}`.
+    per-device bytes of what it holds: `{"frozen_params", "trainable_params", "optimizer_state",
+    "reference_params"}` (the last: a preference run's reference, 0 otherwise).
 
     The one place that builds the model, shardings, optimizer state and step: the caller compiles (and so
     sees libtpu's out-of-memory verdict with the sizes still in hand)."""
@@ -227,18 +230,20 @@ def _lower_step(config: Config, llava: LlavaConfig, mesh) -> tuple[jax.stages.Lo
     state = run.abstract_state()
     with jax.set_mesh(mesh):
         batch = _abstract_batch(llava, config, mesh)
-        lowered = run.train_step(t.accum_steps, t.loss_chunk).lower(state, run.frozen, batch)
+        lowered = run.train_step(t.accum_steps, t.loss_chunk).lower(state, run.step_weights, batch)
     sizes = {"frozen_params": per_device_bytes(run.frozen), "trainable_params": per_device_bytes(state.params),
-             "optimizer_state": per_device_bytes(state.opt_state)}
+             "optimizer_state": per_device_bytes(state.opt_state), "reference_params": per_device_bytes(run.reference)}
     return lowered, sizes
 
 
 def _abstract_batch(llava: LlavaConfig, config: Config, mesh) -> dict:
+    """The pipeline's batch as shapes: `[rows, len]` tokens, `[rows, 2, len]` for preference pairs."""
     rows, length = config.train.global_batch_size, config.data.max_length
+    tokens = (rows, length) if config.train.objective == "sft" else (rows, 2, length)
     sharding = NamedSharding(mesh, logical_to_spec(("batch",)))
-    batch = {"input_ids": jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=sharding),
-             "labels": jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=sharding),
-             "attention_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_, sharding=sharding)}
+    batch = {"input_ids": jax.ShapeDtypeStruct(tokens, jnp.int32, sharding=sharding),
+             "labels": jax.ShapeDtypeStruct(tokens, jnp.int32, sharding=sharding),
+             "attention_mask": jax.ShapeDtypeStruct(tokens, jnp.bool_, sharding=sharding)}
     if llava.vision is not None:
         size = llava.vision.image_size
         batch["pixel_values"] = jax.ShapeDtypeStruct((rows, 3, size, size), jnp.float32, sharding=sharding)
@@ -246,14 +251,16 @@ def _abstract_batch(llava: LlavaConfig, config: Config, mesh) -> dict:
 
 
 def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_rank: int,
-                lora_targets: str = DEFAULT_TARGETS) -> float:
+                lora_targets: str = DEFAULT_TARGETS, objective: str = "sft") -> float:
     """Model FLOPs of one training step (one image per row), counting multiply-adds as 2.
 
     Decoder matmuls cost 2·params per token forward; backward costs 2× forward when weights train (full) and
     1× when they are frozen (LoRA: activation gradients only, no weight gradients). Attention (QKᵀ, AV) costs
     4·T·(heads·head_dim) per token per layer forward and 2× that backward either way. The frozen vision tower
     runs forward only, over the layers LLaVA reads; the projector always trains. LoRA adapters count on the
-    decoder projections `lora_targets` matches.
+    decoder projections `lora_targets` matches. A preference objective's row is a pair: two sequences through the
+    policy (forward and backward) and again through the reference (forward only, no adapters), and its image
+    through the tower and projector once for each.
     """
     text, vision = llava.text, llava.vision
     q, kv = text.num_heads * text.head_dim, text.num_kv_heads * text.head_dim
@@ -261,8 +268,11 @@ def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_ran
     dense = text.num_layers * layer + text.hidden_size * text.vocab_size
     attention = 4 * seq_len * q * text.num_layers
     backward = 2 if mode == "full" else 1
-    tokens = rows * seq_len
+    preference = objective != "sft"
+    tokens = rows * seq_len * (2 if preference else 1)
     llm = tokens * (2 * dense * (1 + backward) + attention * 3)
+    if preference:  # the reference's forward
+        llm += tokens * (2 * dense + attention)
     if mode == "lora":  # each adapter: forward, activation and weight gradients
         d, f = text.hidden_size, text.intermediate_size
         widths = {"self_attn.q_proj": d + q, "self_attn.k_proj": d + kv, "self_attn.v_proj": d + kv,
@@ -277,5 +287,8 @@ def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_ran
     tower = (2 * patches * (vision.patch_size ** 2 * vision.num_channels * vision.hidden_size)
              + llava.feature_layer_index * (2 * v_tokens * v_layer + 4 * v_tokens * v_tokens * vision.hidden_size))
     projector = 2 * llava.num_image_tokens * (vision.hidden_size * text.hidden_size
-                                              + (llava.projector_depth - 1) * text.hidden_size ** 2) * 3
-    return float(llm + rows * (tower + projector))
+                                              + (llava.projector_depth - 1) * text.hidden_size ** 2)
+    image = tower + 3 * projector  # the policy's: projector forward and backward
+    if preference:
+        image += tower + projector  # the reference's, forward only
+    return float(llm + rows * image)
