@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 import torch
 import torch.nn.functional as F
 from flax import nnx
@@ -198,3 +199,21 @@ def test_accumulation_is_the_mean_over_the_global_batch_pairs(tmp_path):
     halves = [run(1, jax.tree.map(lambda x: x[i::2], batch))[0] for i in (0, 1)]
     np.testing.assert_allclose((halves[0] * 1 + halves[1] * 2) / 3, whole, rtol=1e-5)
     assert abs(sum(halves) / 2 - whole) > 1e-3 * whole
+
+
+def test_losses_are_trls_sigmoid_cdpo_and_ipo():
+    """`PreferenceLoss.losses` against TRL's `dpo_loss` written out in numpy (sigmoid with label smoothing, ipo)."""
+    rng = np.random.default_rng(0)
+    policy, reference = -rng.uniform(5, 40, (16, 2)), -rng.uniform(5, 40, (16, 2))
+    logits = (policy[:, 0] - policy[:, 1]) - (reference[:, 0] - reference[:, 1])
+    log_sigmoid = lambda x: -np.logaddexp(0, -x)
+    for beta, smoothing in ((0.1, 0.0), (0.5, 0.2)):
+        ours, rewards = PreferenceLoss("dpo", beta, smoothing).losses(jnp.asarray(policy), jnp.asarray(reference))
+        theirs = -log_sigmoid(beta * logits) * (1 - smoothing) - log_sigmoid(-beta * logits) * smoothing
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+        np.testing.assert_allclose(rewards, beta * (policy - reference), rtol=1e-5)
+    ours, _ = PreferenceLoss("ipo", 0.25).losses(jnp.asarray(policy), jnp.asarray(reference))
+    np.testing.assert_allclose(ours, (logits - 1 / (2 * 0.25)) ** 2, rtol=1e-5)
+    for bad in (dict(objective="kto"), dict(objective="dpo", beta=0.0), dict(objective="ipo", label_smoothing=0.1)):
+        with pytest.raises(ValueError):
+            PreferenceLoss(**bad)
