@@ -61,11 +61,12 @@ def _one_layer_model(tower: str = "clip") -> LlavaConfig:
                        projector_type="mlp2x_gelu" if tower == "clip" else "concat4")
 
 
-@pytest.mark.parametrize("mode,tower,targets,objective", [
-    ("lora", "clip", DEFAULT_TARGETS, "sft"), ("full", "clip", DEFAULT_TARGETS, "sft"),
-    ("lora", "eva", r"language_model\.model\.layers\.self_attn\.(q|v)_proj", "sft"),
-    ("lora", "clip", DEFAULT_TARGETS, "dpo"), ("full", "clip", DEFAULT_TARGETS, "dpo")])
-def test_train_flops_formula_matches_xla_cost_analysis(mode, tower, targets, objective):
+@pytest.mark.parametrize("mode,tower,targets,objective,reference", [
+    ("lora", "clip", DEFAULT_TARGETS, "sft", "model"), ("full", "clip", DEFAULT_TARGETS, "sft", "model"),
+    ("lora", "eva", r"language_model\.model\.layers\.self_attn\.(q|v)_proj", "sft", "model"),
+    ("lora", "clip", DEFAULT_TARGETS, "dpo", "model"), ("full", "clip", DEFAULT_TARGETS, "dpo", "model"),
+    ("lora", "clip", DEFAULT_TARGETS, "dpo", "precomputed")])
+def test_train_flops_formula_matches_xla_cost_analysis(mode, tower, targets, objective, reference):
     llava, rows, length, rank = _one_layer_model(tower), 4, 128, 16
     model = LlavaForConditionalGeneration(llava, rngs=nnx.Rngs(0))
     if mode == "lora":
@@ -81,11 +82,14 @@ def test_train_flops_formula_matches_xla_cost_analysis(mode, tower, targets, obj
              "pixel_values": jax.ShapeDtypeStruct((rows, 3, 32, 32), jnp.float32)}
     weights, objective_sums = frozen, None
     if objective != "sft":
-        weights = (frozen, reference_params(trainable, params, jnp.float32))
-        objective_sums = preference_loss_sums(graphdef, trainable, PreferenceLoss(objective), dropout=False)
+        weights = (frozen, reference_params(trainable, params, jnp.float32) if reference == "model" else {})
+        objective_sums = preference_loss_sums(graphdef, trainable, PreferenceLoss(objective, reference=reference),
+                                              dropout=False)
+        if reference == "precomputed":
+            batch["reference_logps"] = jax.ShapeDtypeStruct((rows, 2), jnp.float32)
     step = make_train_step(graphdef, trainable, tx, dropout=False, loss_sums=objective_sums)
     xla = jax.jit(step).lower(state, weights, batch).compile().cost_analysis()["flops"]
-    ours = train_flops(llava, mode, rows, length, rank, targets, objective)
+    ours = train_flops(llava, mode, rows, length, rank, targets, objective, reference)
     assert abs(ours - xla) / xla < 0.10, (ours, xla)
 
 

@@ -125,7 +125,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
     sequences = t.global_batch_size * (1 if t.objective == "sft" else 2)  # a preference pair: two answers
     tokens = sequences * config.data.max_length
     flops = train_flops(llava, t.mode, t.global_batch_size, config.data.max_length, t.lora.rank, t.lora.targets,
-                        t.objective)
+                        t.objective, t.preference.reference)
     parts = setup.attention_choices(config, llava, devices[0].platform)
     result = {
         "devices": len(devices), "mesh": dict(mesh.shape), "mode": t.mode, "objective": t.objective,
@@ -232,7 +232,7 @@ def _lower_step(config: Config, llava: LlavaConfig, mesh) -> tuple[jax.stages.Lo
         batch = _abstract_batch(llava, config, mesh)
         lowered = run.train_step(t.accum_steps, t.loss_chunk).lower(state, run.step_weights, batch)
     sizes = {"frozen_params": per_device_bytes(run.frozen), "trainable_params": per_device_bytes(state.params),
-             "optimizer_state": per_device_bytes(state.opt_state), "reference_params": per_device_bytes(run.reference)}
+             "optimizer_state": per_device_bytes(state.opt_state), "reference_params": per_device_bytes(run.step_weights[1] if run.preference else ())}
     return lowered, sizes
 
 
@@ -247,11 +247,13 @@ def _abstract_batch(llava: LlavaConfig, config: Config, mesh) -> dict:
     if llava.vision is not None:
         size = llava.vision.image_size
         batch["pixel_values"] = jax.ShapeDtypeStruct((rows, 3, size, size), jnp.float32, sharding=sharding)
+    if config.train.objective != "sft" and config.train.preference.reference == "precomputed":
+        batch["reference_logps"] = jax.ShapeDtypeStruct((rows, 2), jnp.float32, sharding=sharding)
     return batch
 
 
 def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_rank: int,
-                lora_targets: str = DEFAULT_TARGETS, objective: str = "sft") -> float:
+                lora_targets: str = DEFAULT_TARGETS, objective: str = "sft", reference: str = "model") -> float:
     """Model FLOPs of one training step (one image per row), counting multiply-adds as 2.
 
     Decoder matmuls cost 2·params per token forward; backward costs 2× forward when weights train (full) and
@@ -259,8 +261,8 @@ def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_ran
     4·T·(heads·head_dim) per token per layer forward and 2× that backward either way. The frozen vision tower
     runs forward only, over the layers LLaVA reads; the projector always trains. LoRA adapters count on the
     decoder projections `lora_targets` matches. A preference objective's row is a pair: two sequences through the
-    policy (forward and backward) and again through the reference (forward only, no adapters), and its image
-    through the tower and projector once for each.
+    policy (forward and backward) and again through the reference (forward only, no adapters; none when
+    `reference` is `precomputed`), and its image through the tower and projector once for each.
     """
     text, vision = llava.text, llava.vision
     q, kv = text.num_heads * text.head_dim, text.num_kv_heads * text.head_dim
@@ -269,9 +271,10 @@ def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_ran
     attention = 4 * seq_len * q * text.num_layers
     backward = 2 if mode == "full" else 1
     preference = objective != "sft"
+    reference_forward = preference and reference == "model"
     tokens = rows * seq_len * (2 if preference else 1)
     llm = tokens * (2 * dense * (1 + backward) + attention * 3)
-    if preference:  # the reference's forward
+    if reference_forward:
         llm += tokens * (2 * dense + attention)
     if mode == "lora":  # each adapter: forward, activation and weight gradients
         d, f = text.hidden_size, text.intermediate_size
@@ -289,6 +292,6 @@ def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_ran
     projector = 2 * llava.num_image_tokens * (vision.hidden_size * text.hidden_size
                                               + (llava.projector_depth - 1) * text.hidden_size ** 2)
     image = tower + 3 * projector  # the policy's: projector forward and backward
-    if preference:
+    if reference_forward:
         image += tower + projector  # the reference's, forward only
     return float(llm + rows * image)

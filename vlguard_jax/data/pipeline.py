@@ -10,7 +10,8 @@
    this point does not stop the epoch: its row keeps its shape, carries no loss, and is marked in the batch's
    `image_failed` with the reason in `image_error`; the training loop counts them against
    data.max_image_failures.
-4. Preference pairs (`rejected` given): each row holds a pair, `[rows, 2, len]` tokens, one image.
+4. Preference pairs (`rejected` given): each row holds a pair, `[rows, 2, len]` tokens, one image (and, when the
+   reference was precomputed, its `reference_logps`).
 The iterator's `get_state()`/`set_state()` resume a run at the exact batch.
 """
 
@@ -56,11 +57,14 @@ class HostBatch:
     """Global batch indices → this host's padded numpy batch (runs in Grain worker processes).
 
     With `rejected` (preference pairs, aligned with `samples`), token arrays are `[rows, 2, len]`: side 0 the
-    chosen sample, side 1 the rejected one; the pair's one image is the chosen sample's."""
+    chosen sample, side 1 the rejected one; the pair's one image is the chosen sample's. With `reference_logps`
+    (`[pairs, 2]`, a precomputed reference) each row carries its pair's."""
 
     def __init__(self, samples: Samples, chat: ChatTokenizer, images: ImageRoots,
-                 config: PipelineConfig, process_index: int, process_count: int, rejected: Samples | None = None):
+                 config: PipelineConfig, process_index: int, process_count: int, rejected: Samples | None = None,
+                 reference_logps: np.ndarray | None = None):
         self.samples, self.images, self.config, self.rejected = samples, images, config, rejected
+        self.reference_logps = reference_logps
         self.image_token_id, self.num_image_tokens = chat.image_token_id, chat.num_image_tokens
         self.pad_id = chat.tokenizer.pad_token_id or 0
         self.expand = chat.expand
@@ -79,6 +83,8 @@ class HostBatch:
             "sample_index": indices.astype(np.int32),
             "image_failed": np.zeros(len(indices), bool),
         }
+        if self.reference_logps is not None:
+            batch["reference_logps"] = self.reference_logps[indices]
         errors = [""] * len(indices)
         if self.num_image_tokens:  # a text-only model's batches carry no pixels
             batch["pixel_values"] = np.zeros((len(indices), 3, size, size), np.float32)
@@ -113,7 +119,8 @@ class HostBatch:
 
 def build_pipeline(samples: Samples, chat: ChatTokenizer, images: ImageRoots,
                    config: PipelineConfig, process_index: int = 0, process_count: int = 1,
-                   start: int = 0, rejected: Samples | None = None) -> grain.IterDataset:
+                   start: int = 0, rejected: Samples | None = None,
+                   reference_logps: np.ndarray | None = None) -> grain.IterDataset:
     """The batch stream of one host from global batch `start` on: `num_epochs` shuffled epochs, the last partial
     global batch dropped. Batch k is a function of k alone (the seed fixes the order; reading a batch draws nothing),
     so a resumed run starts at its step with no iterator state, whatever `workers` it reads with."""
@@ -129,7 +136,8 @@ def build_pipeline(samples: Samples, chat: ChatTokenizer, images: ImageRoots,
                .shuffle(seed=config.seed)
                .repeat(config.num_epochs)
                .batch(config.global_batch_size, drop_remainder=True)[start:]
-               .map(HostBatch(samples, chat, images, config, process_index, process_count, rejected))
+               .map(HostBatch(samples, chat, images, config, process_index, process_count, rejected,
+                              reference_logps))
                .to_iter_dataset(read))
     if config.workers > 0:
         if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags; we are not an absl app

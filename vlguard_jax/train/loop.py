@@ -33,6 +33,7 @@ from vlguard_jax.train.metrics_log import MetricsLog, plot_loss
 from vlguard_jax.train.optimizer import schedule
 from vlguard_jax.train.pins import check_workdir
 from vlguard_jax.train.preemption import Preemption
+from vlguard_jax.train.reference_pass import reference_logps
 from vlguard_jax.train.setup import RunSetup, attention_choices, build, load_tokenizer, mesh_for, model_config
 from vlguard_jax.train.totals import Totals
 from vlguard_jax.train.trained import tokenizer_dir
@@ -83,10 +84,17 @@ def _train(config: Config, workdir: storage.Path, mesh, stop: Preemption, progre
     samples = training_samples(config, data, workdir, primary)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     start = checkpointer.latest_step() or 0
-    iterator, total_steps = data_pipeline(config, samples, chat, data, llava, start)
+    pipeline_config = pipeline_settings(config, llava)
+    total_steps = run_length(config, samples, pipeline_config)
     resumed_sft = start and config.train.objective == "sft"  # a preference run's reference needs the initial weights
     setup = build(config, mesh, values="frozen" if resumed_sft else "init", llava=llava, tokenizer=tokenizer,
                   total_steps=total_steps)  # a resumed run reads its trainable weights from the checkpoint alone
+    reference = None
+    if setup.preference is not None and setup.preference.reference == "precomputed":
+        reference = reference_logps(setup, data, chat, pipeline_config, workdir)
+        setup.reference = None  # the steps read the stored values: the weights are freed
+    iterator = iter(build_pipeline(samples, chat, data.images, pipeline_config, jax.process_index(),
+                                   jax.process_count(), start, data.rejected, reference))
     state = checkpointer.restore(start, setup.abstract_state())[0] if start else setup.init_state()
     try:
         step, stopped, totals = run_steps(config, setup, state, iterator, checkpointer, workdir, start, total_steps,
@@ -160,18 +168,18 @@ def training_samples(config: Config, data: TrainingData, workdir: storage.Path, 
     return samples
 
 
-def data_pipeline(config: Config, samples: Samples, chat: ChatTokenizer, data: TrainingData, llava,
-                  start: int) -> tuple:
-    """This host's batches from step `start` on (an iterator) and the run's length in steps."""
+def pipeline_settings(config: Config, llava) -> PipelineConfig:
     t = config.train
     images = ImageConfig(size=llava.vision.image_size, mode=config.data.image_mode) if llava.vision else ImageConfig()
-    pipeline_config = PipelineConfig(
-        global_batch_size=t.global_batch_size, buckets=config.data.buckets, num_epochs=t.epochs,
-        seed=config.data.seed, workers=config.data.workers, image=images)
-    pipeline = build_pipeline(samples, chat, data.images, pipeline_config, jax.process_index(), jax.process_count(),
-                              start, data.rejected)
+    return PipelineConfig(global_batch_size=t.global_batch_size, buckets=config.data.buckets, num_epochs=t.epochs,
+                          seed=config.data.seed, workers=config.data.workers, image=images)
+
+
+def run_length(config: Config, samples: Samples, pipeline_config: PipelineConfig) -> int:
+    """The run's length in steps: its epochs, or `train.max_steps` when fewer."""
+    t = config.train
     total_steps = t.epochs * steps_per_epoch(samples, pipeline_config)
-    return iter(pipeline), min(total_steps, t.max_steps) if t.max_steps else total_steps
+    return min(total_steps, t.max_steps) if t.max_steps else total_steps
 
 
 def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Checkpointer, workdir: storage.Path,
@@ -239,7 +247,7 @@ def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Ch
     return step, preempted, counts.totals
 
 
-BATCH_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values")
+BATCH_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "reference_logps")
 PREFERENCE_METRICS = ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected", "logp_chosen",
                       "logp_rejected")  # a preference step's (`train.preference`), means over the step's pairs
 SHOWN_FAILURES = 5  # rows whose image failed that the stop names

@@ -24,6 +24,7 @@ from vlguard_jax.models.lora import remove_adapters
 from vlguard_jax.train.step import LossSums, merge_params, row_cross_entropy_sums
 
 OBJECTIVES = ("sft", "dpo", "ipo")
+REFERENCES = ("model", "precomputed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,7 @@ class PreferenceLoss:
     objective: str  # dpo (sigmoid; cDPO with label_smoothing) or ipo
     beta: float = 0.1
     label_smoothing: float = 0.0
+    reference: str = "model"  # or precomputed: the batch carries `reference_logps` (`train.reference_pass`)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES[1:]:
@@ -41,6 +43,14 @@ class PreferenceLoss:
             raise ValueError(f"train.preference.label_smoothing must lie in [0, 0.5), got {self.label_smoothing}")
         if self.label_smoothing and self.objective != "dpo":
             raise ValueError("train.preference.label_smoothing (cDPO) applies to the dpo objective only")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"train.preference.reference must be one of {', '.join(REFERENCES)}, got "
+                             f"{self.reference!r}")
+
+    @property
+    def mean(self) -> bool:
+        """Whether a sequence's log-probability is its tokens' mean (IPO, as TRL takes it) rather than their sum."""
+        return self.objective == "ipo"
 
     def losses(self, policy: jax.Array, reference: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Per pair: the loss and the (chosen, rejected) implicit rewards `β·(policy − reference)`, from
@@ -66,19 +76,29 @@ def sequence_logps(model, batch: dict, key: jax.Array | None, loss_chunk: int, m
     return logps.reshape(pairs, sides), count.reshape(pairs, sides)
 
 
+def base_logps(graphdef: nnx.GraphDef, template: nnx.State, frozen: nnx.State, reference: dict, batch: dict,
+               loss: PreferenceLoss, loss_chunk: int = 0) -> jax.Array:
+    """`[pairs, 2]` log-probabilities under the reference: the frozen State with the adapters removed and the other
+    trainable weights at their start (`reference_params`)."""
+    base = merge_params(graphdef, template, reference, frozen)  # adapters still abstract: removed unread
+    remove_adapters(base)
+    return sequence_logps(base, batch, None, loss_chunk, loss.mean)[0]
+
+
 def preference_loss_sums(graphdef: nnx.GraphDef, template: nnx.State, loss: PreferenceLoss, dropout: bool = True,
                          loss_chunk: int = 0) -> LossSums:
-    """The step's objective over pairs; its `weights` are `(frozen State, reference_params)`. A pair counts when both
-    sides have supervised tokens (a row whose image failed to load has none)."""
-    mean = loss.objective == "ipo"
+    """The step's objective over pairs; its `weights` are `(frozen State, reference_params)` (a precomputed
+    reference: the batch's `reference_logps`, and no reference weights). A pair counts when both sides have
+    supervised tokens (a row whose image failed to load has none)."""
 
     def loss_sums(params, weights, micro, key):
         frozen, reference = weights
         policy = merge_params(graphdef, template, params, frozen)
-        logps, count = sequence_logps(policy, micro, key if dropout else None, loss_chunk, mean)
-        base = merge_params(graphdef, template, reference, frozen)  # adapters still abstract: removed unread
-        remove_adapters(base)
-        reference_logps, _ = sequence_logps(base, micro, None, loss_chunk, mean)
+        logps, count = sequence_logps(policy, micro, key if dropout else None, loss_chunk, loss.mean)
+        if loss.reference == "precomputed":
+            reference_logps = micro["reference_logps"]
+        else:
+            reference_logps = base_logps(graphdef, template, frozen, reference, micro, loss, loss_chunk)
         reference_logps = jax.lax.stop_gradient(reference_logps)
         losses, rewards = loss.losses(logps, reference_logps)
         valid = jnp.all(count > 0, axis=1)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax.config import Config, ConfigError
 from vlguard_jax.data.sources import IMAGE_PLACEHOLDER
@@ -60,8 +60,15 @@ class RunSetup:
 
     @property
     def step_weights(self):
-        """What the train step reads beside its state: the frozen State, and a preference run's reference."""
-        return self.frozen if self.preference is None else (self.frozen, self.reference)
+        """What the train step reads beside its state: the frozen State, and a preference run's reference weights
+        (none when its log-probabilities were precomputed: the batch carries them)."""
+        if self.preference is None:
+            return self.frozen
+        return self.frozen, {} if self.preference.reference == "precomputed" else self.reference
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
 
     @property
     def state_shardings(self) -> TrainState:
@@ -257,7 +264,7 @@ def preference_loss(config: Config) -> PreferenceLoss | None:
     if t.objective == "sft":
         return None
     try:
-        return PreferenceLoss(t.objective, t.preference.beta, t.preference.label_smoothing)
+        return PreferenceLoss(t.objective, t.preference.beta, t.preference.label_smoothing, t.preference.reference)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
