@@ -16,6 +16,7 @@ from peft import get_peft_model
 
 import vlguard_jax
 from hf_fixtures import IMAGE_TOKEN, build_hf, save_layout
+from peft_fixtures import assert_adapters_equal, share_adapters
 from test_train_step import LR, PROJECTOR_LR, TARGETS, WD
 from vlguard_jax.models.lora import LoraConfig, apply_lora
 from vlguard_jax.train.optimizer import OptimizerConfig, build_optimizer
@@ -85,22 +86,9 @@ def test_lora_dpo_step_matches_peft_with_trl_loss(tmp_path):
     model = vlguard_jax.load_pretrained(save_layout(hf, tmp_path, "hf_save"))
     apply_lora(model, LoraConfig(rank=4, alpha=8.0, dropout=0.0), nnx.Rngs(0))
     peft_model = get_peft_model(hf, PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS))
-    torch.manual_seed(0)
-    layers = model.language_model.model.layers
-    modules = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
     peft_layers = peft_model.base_model.model.model.language_model.layers
-    for block, names in modules.items():  # identical non-zero adapters: the policy differs from the reference
-        for name in names:
-            a, b = [], []
-            for layer in peft_layers:
-                theirs = getattr(getattr(layer, block), name)
-                with torch.no_grad():
-                    theirs.lora_B["default"].weight.normal_(0, 0.1)
-                a.append(theirs.lora_A["default"].weight.detach().numpy().T)
-                b.append(theirs.lora_B["default"].weight.detach().numpy().T)
-            ours = getattr(getattr(layers, block), name)
-            ours.lora_a[...] = jnp.asarray(np.stack(a))
-            ours.lora_b[...] = jnp.asarray(np.stack(b))
+    torch.manual_seed(0)
+    share_adapters(model.language_model.model.layers, peft_layers)  # the policy differs from the reference
     projector = list(peft_model.base_model.model.model.multi_modal_projector.parameters())
     for p in projector:
         p.requires_grad_(True)
@@ -127,16 +115,7 @@ def test_lora_dpo_step_matches_peft_with_trl_loss(tmp_path):
     np.testing.assert_allclose(float(metrics["reward_accuracy"]),
                                (rewards[:, 0] > rewards[:, 1]).float().mean().item(), atol=1e-6)
     nnx.replace_by_pure_dict(trainable, after.params)
-    updated = nnx.merge(graphdef, trainable, frozen).language_model.model.layers
-    for block, names in modules.items():
-        for name in names:
-            ours = getattr(getattr(updated, block), name)
-            for i, layer in enumerate(peft_layers):
-                theirs = getattr(getattr(layer, block), name)
-                np.testing.assert_allclose(np.asarray(ours.lora_a[...][i]),
-                                           theirs.lora_A["default"].weight.detach().numpy().T, atol=1e-5)
-                np.testing.assert_allclose(np.asarray(ours.lora_b[...][i]),
-                                           theirs.lora_B["default"].weight.detach().numpy().T, atol=1e-5)
+    assert_adapters_equal(nnx.merge(graphdef, trainable, frozen).language_model.model.layers, peft_layers)
     hf_projector = peft_model.base_model.model.model.multi_modal_projector
     for i in (1, 2):
         np.testing.assert_allclose(np.asarray(after.params["multi_modal_projector"][f"linear_{i}"]["kernel"]),

@@ -14,13 +14,13 @@ from transformers import LlamaForCausalLM
 
 import vlguard_jax
 from hf_fixtures import save_llama
+from peft_fixtures import MODULES, assert_adapters_equal, share_adapters
 from test_train_step import LR, our_step, torch_step
 from vlguard_jax.checkpoints.peft import export_merged, export_peft
 from vlguard_jax.generate import Generator, SamplingConfig
 from vlguard_jax.models.lora import LoraConfig, apply_lora
 
 TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-MODULES = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 
 
 def batch(seed=0, rows=3, length=40):
@@ -61,19 +61,9 @@ def test_lora_step_matches_peft(tmp_path):
     model = vlguard_jax.load_pretrained(tmp_path)
     apply_lora(model, LoraConfig(rank=4, alpha=8.0, dropout=0.0), nnx.Rngs(0))
     peft_model = get_peft_model(hf, PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS))
+    theirs_layers = peft_model.base_model.model.model.layers
     torch.manual_seed(0)
-    layers, theirs_layers = model.language_model.model.layers, peft_model.base_model.model.model.layers
-    for block, names in MODULES.items():  # identical, non-zero adapters on both sides
-        for name in names:
-            a, b = [], []
-            for layer in theirs_layers:
-                theirs = getattr(getattr(layer, block), name)
-                with torch.no_grad():
-                    theirs.lora_B["default"].weight.normal_(0, 0.1)
-                a.append(theirs.lora_A["default"].weight.detach().numpy().T)
-                b.append(theirs.lora_B["default"].weight.detach().numpy().T)
-            ours = getattr(getattr(layers, block), name)
-            ours.lora_a[...], ours.lora_b[...] = jnp.asarray(np.stack(a)), jnp.asarray(np.stack(b))
+    share_adapters(model.language_model.model.layers, theirs_layers)
     ids, mask, labels = batch(seed=1)
     lora = [p for n, p in peft_model.named_parameters() if "lora_" in n]
     torch_loss = torch_step(peft_model, {LR: lora}, dict(input_ids=torch.tensor(ids), labels=torch.tensor(labels).long(),
@@ -82,19 +72,10 @@ def test_lora_step_matches_peft(tmp_path):
     graphdef, trainable, frozen, before, after, metrics = our_step(model, "lora", ours_batch)
     assert abs(float(metrics["loss"]) - torch_loss) < 1e-5
     nnx.replace_by_pure_dict(trainable, after.params)
-    updated = nnx.merge(graphdef, trainable, frozen).language_model.model.layers
-    moved = 0.0
-    for block, names in MODULES.items():
-        for name in names:
-            ours = getattr(getattr(updated, block), name)
-            for i, layer in enumerate(theirs_layers):
-                theirs = getattr(getattr(layer, block), name)
-                for mine, their in ((ours.lora_a, theirs.lora_A), (ours.lora_b, theirs.lora_B)):
-                    np.testing.assert_allclose(np.asarray(mine[...][i]), their["default"].weight.detach().numpy().T,
-                                               atol=1e-5)
-            moved = max(moved, float(jnp.abs(after.params["language_model"]["model"]["layers"][block][name]["lora_a"]
-                                             - before.params["language_model"]["model"]["layers"][block][name]
-                                             ["lora_a"]).max()))
+    assert_adapters_equal(nnx.merge(graphdef, trainable, frozen).language_model.model.layers, theirs_layers)
+    layers = lambda params: params["language_model"]["model"]["layers"]
+    moved = max(float(jnp.abs(layers(after.params)[block][name]["lora_a"] - layers(before.params)[block][name]
+                              ["lora_a"]).max()) for block, names in MODULES.items() for name in names)
     assert moved > 1e-4  # the comparison is not vacuous
 
 

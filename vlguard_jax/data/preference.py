@@ -29,11 +29,10 @@ import os
 import socket
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterator
 
 from vlguard_jax.data.mixture import fingerprint
-from vlguard_jax.data.sources import (IMAGE_PLACEHOLDER, Conversation, DataError, Records, Skip, Turn, _field, _Reader,
-                                      _text)
+from vlguard_jax.data.sources import IMAGE_PLACEHOLDER, Conversation, DataError, Records, Turn, _field, _Reader, _text
 
 PREFERENCE_FORMATS = ("jsonl", "spavl", "vlguard")  # vlguard: converted to jsonl before it is read
 SIDES = ("chosen", "rejected")
@@ -67,30 +66,6 @@ class _Embedded:
     problem: str | None = None
     data: bytes | None = None
     renamed_from: str | None = None
-
-
-class _Pairs(_Reader):
-    """`_Reader` over a stream of (fallback label, record): a 4 GB parquet file is never held in memory at once. A
-    skip is named by the record's own id when it has a usable one, else by the label (`line 7`, `spavl-12`)."""
-
-    def __init__(self, path: str | os.PathLike, on_error: str, stream: Callable[[], Iterable[tuple[str, Any]]]):
-        super().__init__(path, on_error)
-        self.stream = stream
-
-    def run(self, parse: Callable[[int, Any], Conversation]) -> Records:
-        for index, (label, record) in enumerate(self.stream()):
-            own = record.get("id") if isinstance(record, dict) else None
-            record_id = own if isinstance(own, (str, int)) and not isinstance(own, bool) else label
-            try:
-                conversation = parse(index, record)
-            except DataError as e:
-                if self.on_error == "raise":
-                    raise DataError(f"{self.path}: record {record_id} (index {index}): {e}") from None
-                self.records.skips.append(Skip(str(record_id), str(e)))
-                continue
-            self.records.conversations.append(self._unique(conversation))
-            self.records.indices.append(index)
-        return self.records
 
 
 def _pair(record: dict, record_id: str, image: str | None, prompt_key: str, side: str, metadata: dict) -> Conversation:
@@ -162,7 +137,7 @@ def read_jsonl_pairs(path: str | os.PathLike, *, side: str, on_error: str = "ski
         metadata = {"source": "jsonl", **_categories(record, "category", ("subcategory",))}
         return _pair(record, record_id, image, "prompt", side, metadata)
 
-    return _Pairs(path, on_error, lambda: _json_stream(path)).run(parse)
+    return _Reader(path, on_error).run(parse, _json_stream(path))
 
 
 def read_spavl_pairs(path: str | os.PathLike, *, side: str, on_error: str = "skip") -> Records:
@@ -170,7 +145,7 @@ def read_spavl_pairs(path: str | os.PathLike, *, side: str, on_error: str = "ski
     An embedded image is named by `image_name`, else `<row><extension from its bytes>`; see `ensure_spavl_images`."""
     path = _checked(path, side)
     files = _parquet_files(path)
-    stream = (lambda: _parquet_stream(files, with_bytes=False)) if files else (lambda: _json_stream(path))
+    stream = _parquet_stream(files, with_bytes=False) if files else _json_stream(path)
 
     def parse(index: int, record: Any) -> Conversation:
         record = _record(record)
@@ -187,7 +162,7 @@ def read_spavl_pairs(path: str | os.PathLike, *, side: str, on_error: str = "ski
         metadata.update(_categories(record, "class1", ("class2", "class3")))
         return _pair(record, record_id, image, "question", side, metadata)
 
-    return _Pairs(path, on_error, stream).run(parse)
+    return _Reader(path, on_error).run(parse, stream)
 
 
 def _parquet_files(path: Path) -> list[Path] | None:

@@ -97,9 +97,15 @@ class _Reader:
             raise DataError(f"{self.path}: expected a JSON list of records, got {type(data).__name__}")
         return data
 
-    def run(self, parse: Callable[[int, Any], Conversation]) -> Records:
-        for index, record in enumerate(self.load_list()):
-            record_id = record.get("id", f"#{index}") if isinstance(record, dict) else f"#{index}"
+    def run(self, parse: Callable[[int, Any], Conversation],
+            labelled: Iterable[tuple[str, Any]] | None = None) -> Records:
+        """Parses every record: those of `labelled` (label, record) pairs, default the JSON list's (labels `#<index>`).
+        A skip is named by the record's own id when it has a usable one, else by its label."""
+        if labelled is None:
+            labelled = ((f"#{index}", record) for index, record in enumerate(self.load_list()))
+        for index, (label, record) in enumerate(labelled):
+            own = record.get("id") if isinstance(record, dict) else None
+            record_id = own if isinstance(own, (str, int)) and not isinstance(own, bool) else label
             try:
                 conversation = parse(index, record)
             except DataError as e:
