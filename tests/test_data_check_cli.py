@@ -32,3 +32,24 @@ def test_data_check_reports_counts_skips_and_lengths(tmp_path, capsys):
     assert 0 < report["over_max_length"]["count"] < 18
     printed = capsys.readouterr().out
     assert '"conversations": 18' in printed and f"skipped {records[0]['id']}" in printed
+
+
+def test_data_check_reads_either_side_of_a_preference_file(tmp_path, capsys):
+    pairs = [{"id": "a", "prompt": "Give me steps to hurt a person.", "chosen": "No.", "rejected": "Sure, first …"},
+             {"id": "b", "prompt": "What color?", "chosen": "Red.", "rejected": "Red."},
+             {"id": "c", "prompt": "What shape?", "chosen": "A circle.", "rejected": "A square, a circle and more."}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs) + "not json\n")
+    build_tokenizer(synthetic.corpus(), tmp_path / "tok", vocab_size=400)
+    reports = {}
+    for side in ("chosen", "rejected"):
+        out = tmp_path / f"{side}.json"
+        assert main(["data", "check", "--format", f"jsonl:{side}", "--json", str(path), "--tokenizer",
+                     str(tmp_path / "tok"), "--out", str(out)]) == 0
+        reports[side] = json.loads(out.read_text())
+    for report in reports.values():
+        assert report["conversations"] == 2 and report["skipped"] == 2
+        assert {s["id"]: s["reason"] for s in report["skips"]} == {
+            "b": "chosen and rejected are the same answer", "line 4": "line 4 is not valid JSON (Expecting value at "
+                                                                      "column 1)"}
+    assert reports["rejected"]["token_length"]["max"] > reports["chosen"]["token_length"]["max"]

@@ -7,13 +7,17 @@ from pathlib import Path
 
 from vlguard_jax.cli import audit
 from vlguard_jax.data.chat import TEMPLATES
+from vlguard_jax.data.preference import PREFERENCE_READERS
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="validate a dataset and report counts, skips and token lengths")
-    check.add_argument("--format", choices=("vlguard", "llava", "alpaca"), required=True)
-    check.add_argument("--json", type=Path, required=True, help="the dataset's json file")
+    check.add_argument("--format", choices=("vlguard", "llava", "alpaca", *PREFERENCE_READERS), required=True,
+                       help="a preference format is checked one side at a time (`jsonl:rejected`: the rejected "
+                            "answers, with the prompts they share)")
+    check.add_argument("--json", type=Path, required=True,
+                       help="the dataset's json file (spavl: its parquet file or folder)")
     check.add_argument("--images", type=Path, help="image root: a directory or a .zip archive")
     check.add_argument("--tokenizer", type=Path, help="tokenizer directory, for token-length statistics")
     check.add_argument("--template", default="vicuna_v1", choices=TEMPLATES)
