@@ -81,7 +81,8 @@ def our_dpo_step(model, mode, batch, accum_steps=1, loss=PreferenceLoss("dpo", B
     return graphdef, trainable, frozen, state, new_state, metrics
 
 
-def test_lora_dpo_step_matches_peft_with_trl_loss(tmp_path):
+@pytest.mark.parametrize("rpo_alpha", [0.0, 0.5])
+def test_lora_dpo_step_matches_peft_with_trl_loss(tmp_path, rpo_alpha):
     hf = build_hf("gqa", seed=21)
     model = vlguard_jax.load_pretrained(save_layout(hf, tmp_path, "hf_save"))
     apply_lora(model, LoraConfig(rank=4, alpha=8.0, dropout=0.0), nnx.Rngs(0))
@@ -99,7 +100,8 @@ def test_lora_dpo_step_matches_peft_with_trl_loss(tmp_path):
         reference = torch_logps(peft_model, theirs_batch, labels)
     policy = torch_logps(peft_model, theirs_batch, labels)
     logits = (policy[:, 0] - policy[:, 1]) - (reference[:, 0] - reference[:, 1])
-    torch_loss = -F.logsigmoid(BETA * logits).mean()
+    chosen_tokens = (labels[:, 1:] != -100).sum(-1).view(-1, 2)[:, 0]
+    torch_loss = (-F.logsigmoid(BETA * logits) + rpo_alpha * -policy[:, 0] / chosen_tokens).mean()
     rewards = BETA * (policy - reference).detach()
     optimizer = torch.optim.AdamW([{"params": lora, "lr": LR}, {"params": projector, "lr": PROJECTOR_LR}],
                                   betas=(0.9, 0.999), eps=1e-8, weight_decay=WD)
@@ -107,7 +109,8 @@ def test_lora_dpo_step_matches_peft_with_trl_loss(tmp_path):
     torch.nn.utils.clip_grad_norm_(lora + projector, 1.0)
     optimizer.step()
 
-    graphdef, trainable, frozen, before, after, metrics = our_dpo_step(model, "lora", ours_batch)
+    graphdef, trainable, frozen, before, after, metrics = our_dpo_step(
+        model, "lora", ours_batch, loss=PreferenceLoss("dpo", BETA, rpo_alpha=rpo_alpha))
     assert abs(float(metrics["loss"]) - torch_loss.item()) < 1e-5
     assert abs(torch_loss.item() - math.log(2)) > 1e-2  # adapters on: not the step-0 value
     np.testing.assert_allclose(float(metrics["reward_chosen"]), rewards[:, 0].mean().item(), atol=1e-5)

@@ -105,6 +105,9 @@ class PreferenceSection:
 
     beta: float = 0.1  # DPO's β; IPO's τ
     label_smoothing: float = 0.0  # cDPO: the assumed fraction of pairs whose labels are flipped (sigmoid loss only)
+    # RPO (TRL's rpo_alpha): this weight × the chosen answer's token-mean NLL added to each pair's loss, an SFT anchor
+    # that keeps the chosen answers likely while the margin grows
+    rpo_alpha: float = 0.0
     # model: the reference forward runs in every step; precomputed: once over all pairs before step 0, stored in
     # WORKDIR/reference_logps.npy (`train.reference_pass`), each step then a forward over both answers fewer
     reference: str = "model"

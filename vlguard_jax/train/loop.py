@@ -249,7 +249,7 @@ def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Ch
 
 BATCH_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "reference_logps")
 PREFERENCE_METRICS = ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected", "logp_chosen",
-                      "logp_rejected")  # a preference step's (`train.preference`), means over the step's pairs
+                      "logp_rejected", "nll_chosen")  # a preference step's (`train.preference`), means over the step's pairs
 SHOWN_FAILURES = 5  # rows whose image failed that the stop names
 
 

@@ -4,7 +4,9 @@ pairs, as TRL's `DPOTrainer` computes them.
 A pair batch holds `input_ids`, `labels`, `attention_mask` of shape `[pairs, 2, len]` (side 0 the chosen answer,
 side 1 the rejected one, the prompt tokens masked in both) and one image per pair, `pixel_values[pairs]`. Both sides
 go through one forward as `2 × pairs` rows, the pair's image encoded once and spliced into both. A sequence's
-log-probability is the sum over its supervised tokens (IPO: their mean, as TRL's `ipo` loss takes it).
+log-probability is the sum over its supervised tokens (IPO: their mean, as TRL's `ipo` loss takes it). With
+`rpo_alpha` (RPO), each pair's loss adds α × its chosen answer's token-mean NLL (TRL averages that NLL over the
+batch's chosen tokens instead: the same when the chosen answers are equally long).
 
 The reference is the model the run starts from, without a second copy of the frozen weights: the same frozen State
 with the adapters removed (LoRA), and the initial values of the other trainable weights (the projector under LoRA,
@@ -33,6 +35,7 @@ class PreferenceLoss:
     beta: float = 0.1
     label_smoothing: float = 0.0
     reference: str = "model"  # or precomputed: the batch carries `reference_logps` (`train.reference_pass`)
+    rpo_alpha: float = 0.0  # > 0: + α × the chosen answer's token-mean NLL per pair (RPO)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES[1:]:
@@ -43,6 +46,8 @@ class PreferenceLoss:
             raise ValueError(f"train.preference.label_smoothing must lie in [0, 0.5), got {self.label_smoothing}")
         if self.label_smoothing and self.objective != "dpo":
             raise ValueError("train.preference.label_smoothing (cDPO) applies to the dpo objective only")
+        if self.rpo_alpha < 0:
+            raise ValueError(f"train.preference.rpo_alpha must be at least 0, got {self.rpo_alpha}")
         if self.reference not in REFERENCES:
             raise ValueError(f"train.preference.reference must be one of {', '.join(REFERENCES)}, got "
                              f"{self.reference!r}")
@@ -101,10 +106,13 @@ def preference_loss_sums(graphdef: nnx.GraphDef, template: nnx.State, loss: Pref
             reference_logps = base_logps(graphdef, template, frozen, reference, micro, loss, loss_chunk)
         reference_logps = jax.lax.stop_gradient(reference_logps)
         losses, rewards = loss.losses(logps, reference_logps)
+        chosen_nll = -logps[:, 0] if loss.mean else -logps[:, 0] / jnp.maximum(count[:, 0], 1)  # token mean
+        if loss.rpo_alpha:
+            losses = losses + loss.rpo_alpha * chosen_nll
         valid = jnp.all(count > 0, axis=1)
         total = lambda x: jnp.sum(jnp.where(valid, x, 0))
         return total(losses), {
-            "count": jnp.sum(valid), "tokens": jnp.sum(count),
+            "count": jnp.sum(valid), "tokens": jnp.sum(count), "nll_chosen": total(chosen_nll),
             "reward_accuracy": total(ranked_right(logps, reference_logps).astype(jnp.float32)),
             "reward_chosen": total(rewards[:, 0]), "reward_rejected": total(rewards[:, 1]),
             "reward_margin": total(rewards[:, 0] - rewards[:, 1]),

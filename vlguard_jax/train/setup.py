@@ -264,7 +264,8 @@ def preference_loss(config: Config) -> PreferenceLoss | None:
     if t.objective == "sft":
         return None
     try:
-        return PreferenceLoss(t.objective, t.preference.beta, t.preference.label_smoothing, t.preference.reference)
+        p = t.preference
+        return PreferenceLoss(t.objective, p.beta, p.label_smoothing, p.reference, p.rpo_alpha)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
