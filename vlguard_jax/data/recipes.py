@@ -172,7 +172,9 @@ def _sources(config: DataConfig, workdir: Path) -> tuple[dict, dict, dict]:
         config = dataclasses.replace(config, safety=str(paths["train"]), helpful=str(paths["instruct"]),
                                      helpful_format="llava",  # image roots given in the config replace theirs
                                      safety_images=config.safety_images or str(paths["images"]),
-                                     helpful_images=config.helpful_images or str(paths["images"]))
+                                     helpful_images=config.helpful_images or str(paths["images"]),
+                                     preference=config.preference or str(paths["pairs"]),
+                                     preference_images=config.preference_images or str(paths["images"]))
     if config.mixture == "preference":
         from vlguard_jax.data.preference import side_formats
 
