@@ -1,4 +1,5 @@
-"""`vlguard-jax demo`: the whole method (or the harmful-fine-tuning protocol, or the data audit) on a tiny model."""
+"""`vlguard-jax demo`: the whole method (or the harmful-fine-tuning protocol, the data audit, or DPO) on a tiny
+model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 def register(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="the whole method on a tiny model in minutes, on a CPU")
     demo.add_argument("--out", type=Path, help="default runs/demo (runs/demo_hft with --hft, runs/demo_audit with "
-                                               "--audit)")
+                                               "--audit, runs/demo_dpo with --dpo)")
     variant = demo.add_mutually_exclusive_group()
     variant.add_argument("--hft", action="store_true",
                          help="the harmful-fine-tuning protocol instead: HS and FA over poison ratios, with and "
@@ -18,6 +19,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                          help="VLGuard's data audit instead: a tiny Llama Guard trained here flags the harmful "
                               "conversations of the instruction data; an aligned tiny LLaVA tuned on the data and "
                               "on its clean part, compared for ASR")
+    variant.add_argument("--dpo", action="store_true",
+                         help="safety by DPO instead: the instruction-tuned tiny LLaVA trained with LoRA on preference "
+                              "pairs (refusals over compliance, right answers over wrong ones), compared with "
+                              "post-hoc SFT")
     demo.add_argument("--scale", type=float, default=1.0, help="dataset size factor (smaller: quicker check)")
     demo.set_defaults(run=run)
 
@@ -27,9 +32,12 @@ def run(args: argparse.Namespace) -> int:
         from vlguard_jax.hft.demo import run_hft_demo as run_protocol
     elif args.audit:
         from vlguard_jax.audit.demo import run_audit_demo as run_protocol
+    elif args.dpo:
+        from vlguard_jax.dpo_demo import run_dpo_demo as run_protocol
     else:
         from vlguard_jax.demo import run_demo as run_protocol
-    out = args.out or Path("runs/demo_hft" if args.hft else "runs/demo_audit" if args.audit else "runs/demo")
+    out = args.out or Path("runs/demo_hft" if args.hft else "runs/demo_audit" if args.audit
+                           else "runs/demo_dpo" if args.dpo else "runs/demo")
     run_protocol(out, args.scale)
     print(f"summary, chart and every stage's outputs in {out}")
     return 0
