@@ -102,12 +102,13 @@ def test_a_precomputed_reference_gives_the_per_step_reference_run(uninterrupted,
     read them (no reference forward) and the run's losses are the per-step reference's; a re-run reuses the file."""
     config, reference, count = uninterrupted
     workdir = tmp_path / "work"
-    run(train_command(config, workdir, "train.preference.reference=precomputed"))
+    command = train_command(config, workdir, "train.preference.reference=precomputed")
+    run(command)
     stored = np.load(workdir / "reference_logps.npy")
     assert stored.shape == (count - 1, 2) and (stored < 0).all()  # the pairs kept (one skipped), both answers
+    written = (workdir / "reference_logps.npy").stat().st_mtime_ns
+    run(command)  # a finished run started again reads the values back
+    assert (workdir / "reference_logps.npy").stat().st_mtime_ns == written
     for a, b in zip(read_metrics(workdir), read_metrics(reference), strict=True):
         for key in ("loss", "reward_margin", "reward_chosen"):
             assert abs(a[key] - b[key]) <= 1e-4, (a["step"], key, a[key], b[key])
-    written = (workdir / "reference_logps.npy").stat().st_mtime_ns
-    run(train_command(config, workdir, "train.preference.reference=precomputed", "train.max_steps=13"))
-    assert (workdir / "reference_logps.npy").stat().st_mtime_ns == written
