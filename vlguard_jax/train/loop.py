@@ -33,6 +33,7 @@ from vlguard_jax.train.metrics_log import MetricsLog, plot_loss
 from vlguard_jax.train.optimizer import schedule
 from vlguard_jax.train.pins import check_workdir
 from vlguard_jax.train.preemption import Preemption
+from vlguard_jax.train.preference import PREFERENCE_SUMS
 from vlguard_jax.train.reference_pass import reference_logps
 from vlguard_jax.train.setup import RunSetup, attention_choices, build, load_tokenizer, mesh_for, model_config
 from vlguard_jax.train.totals import Totals
@@ -224,7 +225,7 @@ def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Ch
                               "tokens_per_s": round(int(seen["window"]["tokens"]) / (time.perf_counter() - tic), 1),
                               "image_failures": totals.image_failures, "empty_steps": totals.empty_steps,
                               "nonfinite_steps": int(seen["nonfinite_steps"]),  # the last three: the run's so far
-                              **{k: float(seen[k]) for k in PREFERENCE_METRICS if k in seen}}
+                              **{k: float(seen[k]) for k in PREFERENCE_SUMS if k in seen}}
                     if log is not None:
                         log.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
@@ -248,8 +249,6 @@ def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Ch
 
 
 BATCH_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "reference_logps")
-PREFERENCE_METRICS = ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected", "logp_chosen",
-                      "logp_rejected", "nll_chosen")  # a preference step's (`train.preference`), means over the step's pairs
 SHOWN_FAILURES = 5  # rows whose image failed that the stop names
 
 

@@ -23,10 +23,12 @@ from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from vlguard_jax.models.lora import remove_adapters
-from vlguard_jax.train.step import LossSums, merge_params, row_cross_entropy_sums
+from vlguard_jax.train.step import COUNTS, LossSums, merge_params, row_cross_entropy_sums
 
 OBJECTIVES = ("sft", "dpo", "ipo")
 REFERENCES = ("model", "precomputed")
+PREFERENCE_SUMS = ("nll_chosen", "reward_accuracy", "reward_chosen", "reward_rejected", "reward_margin", "logp_chosen",
+                   "logp_rejected")  # the step's metrics, each a mean over the global batch's pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +120,7 @@ def preference_loss_sums(graphdef: nnx.GraphDef, template: nnx.State, loss: Pref
             "reward_margin": total(rewards[:, 0] - rewards[:, 1]),
             "logp_chosen": total(logps[:, 0]), "logp_rejected": total(logps[:, 1])}
 
+    loss_sums.sums = {**COUNTS, **{name: jnp.float32 for name in PREFERENCE_SUMS}}
     return loss_sums
 
 

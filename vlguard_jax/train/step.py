@@ -23,7 +23,8 @@ from vlguard_jax.parallel import constrain
 
 LossSums = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
 # (params, weights, micro-batch, dropout key) -> (loss summed over the units, {"count": units, "tokens": supervised
-# tokens, other metrics summed over the units})
+# tokens, other metrics summed over the units}); its `sums` attribute names each sum's dtype (the scan's carry)
+COUNTS = {"count": jnp.int32, "tokens": jnp.int32}
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -137,6 +138,7 @@ def sft_loss_sums(graphdef: nnx.GraphDef, template: nnx.State, dropout: bool = T
         nll, tokens = chunked_cross_entropy_sums(hidden, micro["labels"], model.language_model.logits, loss_chunk)
         return nll, {"count": tokens, "tokens": tokens}
 
+    loss_sums.sums = COUNTS
     return loss_sums
 
 
@@ -163,9 +165,7 @@ def make_train_step(graphdef: nnx.GraphDef, template: nnx.State, tx: optax.Gradi
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         keys = jax.random.split(step_key, accum_steps)
-        first = jax.tree.map(lambda x: x[0], micro_batches)
-        no_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                               jax.eval_shape(loss_sums, state.params, weights, first, keys[0])[1])
+        no_sums = {name: jnp.zeros((), dtype) for name, dtype in loss_sums.sums.items()}
         (grads, loss_sum, sums), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), no_sums), (micro_batches, keys))
         denominator = jnp.maximum(sums["count"], 1)
         grads = jax.tree.map(lambda g: g / denominator, grads)
