@@ -67,8 +67,8 @@ def dpo(workdir: Path, paths: dict, base: Path, seed: int = 0, **train_overrides
 
 def run_dpo_demo(out: str | Path = "runs/demo_dpo", scale: float = 1.0) -> dict:
     """`scale` shrinks the dataset (and so the run) for quick checks; 1.0 is the documented demo. Measured on the
-    2-core CPU (`vlguard-jax demo --dpo`, 2 min 57 s): unsafe ASR 100 → 0 (post-hoc SFT 0), safe-unsafe ASR
-    100 → 0 (10), safe-safe refusals 0 → 0 (0), helpfulness 71 → 75 (74)."""
+    2-core CPU (`vlguard-jax demo --dpo`, 3 min 33 s after a fresh install): unsafe ASR 100 → 0 (post-hoc SFT 0),
+    safe-unsafe ASR 100 → 0 (10), safe-safe refusals 0 → 0 (0), helpfulness 71 → 75 (74)."""
     out = Path(out)
     print(f"[1/6] synthetic VLGuard-format data, preference pairs and tokenizer → {out / 'data'}")
     paths = demo.prepare(out, scale)
