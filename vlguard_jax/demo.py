@@ -130,12 +130,17 @@ def run_demo(out: str | Path = "runs/demo", scale: float = 1.0) -> dict:
     print("[5/5] evaluating the safety fine-tuned model")
     after = evaluate_model(workdir, paths, out / "eval_after")
     summary = {"before": before, "after": after}
-    storage.write_json(out / "summary.json", summary)
-    charts.bars(out / "summary.png", [n.replace("_", "\n") for n in METRICS],
-                {stage: [summary[stage][n] for n in METRICS] for stage in summary}, "%",
-                title="VLGuard post-hoc fine-tuning on the tiny demo model")
+    write_summary(out, summary, {stage: stage for stage in summary},
+                  "VLGuard post-hoc fine-tuning on the tiny demo model")
     print(table(summary))
     return summary
+
+
+def write_summary(out: Path, summary: dict, labels: dict, title: str) -> None:
+    """OUT/summary.json and OUT/summary.png: the demo metrics of each run in `labels` (run → its label)."""
+    storage.write_json(out / "summary.json", summary)
+    charts.bars(out / "summary.png", [n.replace("_", "\n") for n in METRICS],
+                {label: [summary[run].get(n) for n in METRICS] for run, label in labels.items()}, "%", title=title)
 
 
 def table(summary: dict) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlguard_jax import charts, demo, storage
+from vlguard_jax import demo
 from vlguard_jax.train.loop import train
 
 # The DPO stage, tuned on this demo (`--scale 1`, 2-core CPU; 1,000 pairs, 62 steps an epoch). Pure DPO (rpo_alpha 0)
@@ -83,10 +83,7 @@ def run_dpo_demo(out: str | Path = "runs/demo_dpo", scale: float = 1.0) -> dict:
     summary["posthoc"] = demo.evaluate_model(demo.posthoc(out / "posthoc", paths, base), paths, out / "eval_posthoc")
     print("[6/6] summary")
     summary = {stage: summary[stage] for stage in STAGES}
-    storage.write_json(out / "summary.json", summary)
-    charts.bars(out / "summary.png", [n.replace("_", "\n") for n in demo.METRICS],
-                {STAGES[stage]: [summary[stage].get(n) for n in demo.METRICS] for stage in STAGES}, "%",
-                title="post-hoc SFT vs DPO on the tiny demo model")
+    demo.write_summary(out, summary, STAGES, "post-hoc SFT vs DPO on the tiny demo model")
     print(table(summary))
     return summary
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlguard_jax import charts, demo, storage
+from vlguard_jax import demo
 from vlguard_jax.audit import AuditConfig, flagged_ids, run_audit
 from vlguard_jax.audit.moderator import train_moderator
 from vlguard_jax.data import synthetic_audit
@@ -90,10 +90,7 @@ def run_audit_demo(out: str | Path = "runs/demo_audit", scale: float = 1.0, seed
     print("[6/6] evaluating the three models")
     for name, model in runs.items():
         summary[name] = demo.evaluate_model(model, paths, out / f"eval_{name}")
-    storage.write_json(out / "summary.json", summary)
-    charts.bars(out / "summary.png", [n.replace("_", "\n") for n in demo.METRICS],
-                {MODELS[name]: [summary[name].get(n) for n in demo.METRICS] for name in MODELS}, "%",
-                title="instruction tuning on audited vs clean data (tiny demo model)")
+    demo.write_summary(out, summary, MODELS, "instruction tuning on audited vs clean data (tiny demo model)")
     print(table(summary))
     return summary
 
