@@ -63,7 +63,7 @@ def _minigpt(text: TextConfig, image_size: int, patch_size: int, width: int, lay
     vision = EvaVisionConfig(hidden_size=width, intermediate_size=4 * width, num_layers=layers, num_heads=heads,
                              image_size=image_size, patch_size=patch_size)
     return LlavaConfig(vision=vision, text=text, projector_type="concat4", image_token_id=text.vocab_size,
-                       vision_feature_layer=-1)
+                       vision_feature_layer=-1, model_type="minigpt_v2")
 
 
 _QV = ("q_proj", "v_proj")  # MiniGPT-v2's LoRA

@@ -68,7 +68,7 @@ def resolve_minigptv2(path: Path, config_path: Path, config: dict, vision_tower,
     eva_path, vision = _eva_source(Path(vision_tower))
     text = dataclasses.replace(TextConfig.from_hf(config), pad_token_id=_UNK)
     llava = LlavaConfig(vision=vision, text=text, projector_type="concat4", image_token_id=text.vocab_size,
-                        vision_feature_layer=-1)
+                        vision_feature_layer=-1, model_type="minigpt_v2")
     tensors: dict = {}
     fixes = _eva_tensors(TensorFile(eva_path), vision, tensors)
     for key, tensor_file in open_tensor_files(path).items():

@@ -21,6 +21,7 @@ class VisionConfig:
     model_type: ClassVar[str] = "clip_vision_model"
     patch_bias: ClassVar[bool] = False  # the patch convolution's bias
     key_bias: ClassVar[bool] = True  # the attention key projection's bias
+    class_token: ClassVar[bool] = True  # a class embedding before the patches
 
     hidden_size: int = 1024
     intermediate_size: int = 4096
@@ -95,13 +96,50 @@ class EvaVisionConfig(VisionConfig):
         return {**super().to_hf(), "ln_vision_eps": self.ln_vision_eps}
 
 
-VISION_CONFIGS = {c.model_type: c for c in (VisionConfig, EvaVisionConfig)}  # a vision_config's model_type → class
+@dataclasses.dataclass(frozen=True)
+class SiglipVisionConfig(VisionConfig):
+    """SigLIP ViT (HF `SiglipVisionModel`): no class token, a patch-convolution bias, tanh-approximated GELU,
+    LayerNorm eps 1e-6, no norm before the blocks; LLaVA-OneVision reads a hidden state before `post_layernorm` and
+    no pooling head. Defaults are so400m/14 at 384 px as llava-hf's OneVision configs give it (26 of its 27 blocks:
+    OneVision drops the last)."""
+
+    tower: ClassVar[str] = "siglip"
+    model_type: ClassVar[str] = "siglip_vision_model"
+    patch_bias: ClassVar[bool] = True
+    class_token: ClassVar[bool] = False
+
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_layers: int = 26
+    num_heads: int = 16
+    image_size: int = 384
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu_pytorch_tanh"
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> SiglipVisionConfig:
+        if d.get("vision_use_head", False):
+            raise ValueError("vision_config.vision_use_head is true: LLaVA-OneVision's SigLIP has no pooling head "
+                             "(llava-hf sets vision_use_head false); a checkpoint with one is not supported")
+        renamed = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
+        return cls(**{f.name: d.get(renamed.get(f.name, f.name), f.default) for f in dataclasses.fields(cls)})
+
+    def to_hf(self) -> dict[str, Any]:
+        return {**super().to_hf(), "vision_use_head": False}
+
+
+VISION_CONFIGS = {c.model_type: c for c in (VisionConfig, EvaVisionConfig, SiglipVisionConfig)}  # a vision_config's model_type → class
+
+
+DECODER_FAMILIES = ("llama", "mistral", "qwen2")  # a text_config's model_type: one decoder module, its options
 
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
-    """LLaMA-family decoder (LLaMA-2 / Vicuna, and GQA variants)."""
+    """LLaMA-family decoder: LLaMA-2 / Vicuna and GQA variants, and the same block as Mistral (a sliding window) and
+    Qwen2 (q/k/v biases without an o_proj bias, tied embeddings at the small sizes) configure it."""
 
+    family: str = "llama"  # DECODER_FAMILIES: the HF model_type it is written back as
     vocab_size: int = 32064
     hidden_size: int = 4096
     intermediate_size: int = 11008
@@ -115,7 +153,9 @@ class TextConfig:
     rope_type: str = "default"
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
-    attention_bias: bool = False
+    attention_bias: bool = False  # q, k, v and o projections (LLaMA's attention_bias)
+    qkv_bias: bool = False  # q, k and v projections only (Qwen2)
+    sliding_window: int | None = None  # each query sees at most this many keys, itself included (Mistral)
     mlp_bias: bool = False
     hidden_act: str = "silu"
     bos_token_id: int | None = 1
@@ -124,6 +164,10 @@ class TextConfig:
 
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> TextConfig:
+        family = d.get("model_type", "llama")
+        if family not in DECODER_FAMILIES:
+            raise ValueError(f"text_config model_type {family!r} is not a supported decoder "
+                             f"({', '.join(DECODER_FAMILIES)})")
         num_heads = d.get("num_attention_heads", 32)
         hidden = d.get("hidden_size", 4096)
         rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
@@ -135,6 +179,7 @@ class TextConfig:
             )
         eos = d.get("eos_token_id", 2)
         return cls(
+            family=family,
             vocab_size=d.get("vocab_size", 32000),
             hidden_size=hidden,
             intermediate_size=d.get("intermediate_size", 11008),
@@ -149,6 +194,8 @@ class TextConfig:
             max_position_embeddings=d.get("max_position_embeddings", 2048),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             attention_bias=bool(d.get("attention_bias", False)),
+            qkv_bias=family == "qwen2",
+            sliding_window=_sliding_window(family, d),
             mlp_bias=bool(d.get("mlp_bias", False)),
             hidden_act=d.get("hidden_act", "silu"),
             bos_token_id=d.get("bos_token_id", 1),
@@ -157,8 +204,12 @@ class TextConfig:
         )
 
     def to_hf(self) -> dict[str, Any]:
+        family = {"llama": {"attention_bias": self.attention_bias, "mlp_bias": self.mlp_bias},
+                  "mistral": {"sliding_window": self.sliding_window},
+                  "qwen2": {"use_sliding_window": self.sliding_window is not None,
+                            "sliding_window": self.sliding_window, "max_window_layers": 0}}[self.family]
         return {
-            "model_type": "llama",
+            "model_type": self.family,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -170,8 +221,7 @@ class TextConfig:
             "rope_parameters": {"rope_type": self.rope_type, "rope_theta": self.rope_theta, **dict(self.rope_scaling)},
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": self.attention_bias,
-            "mlp_bias": self.mlp_bias,
+            **family,
             "hidden_act": self.hidden_act,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
@@ -179,6 +229,22 @@ class TextConfig:
         }
 
 
+def _sliding_window(family: str, d: dict[str, Any]) -> int | None:
+    """Mistral: `sliding_window` on every layer (null: none). Qwen2: only with `use_sliding_window`, and then on
+    the layers from `max_window_layers` on; one window for some layers and not others is refused."""
+    if family == "mistral":
+        return d.get("sliding_window")
+    if family == "qwen2" and d.get("use_sliding_window", False):
+        types = set(d.get("layer_types") or ())
+        if types - {"sliding_attention"} or (not types and d.get("max_window_layers", 0) > 0):
+            raise ValueError("a Qwen2 config with a sliding window on some layers only (use_sliding_window with "
+                             "max_window_layers > 0) is not supported; every layer or none")
+        return d.get("sliding_window")
+    return None
+
+
+CAUSAL_LM_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                           "qwen2": "Qwen2ForCausalLM"}
 TEXT_ONLY_IMAGE_TOKEN = -1  # a text-only model's image token id: no token id matches it
 
 # projector_type → (adjacent visual tokens concatenated into one, linear layers with GELU between them)
@@ -188,16 +254,23 @@ PROJECTOR_TYPES = {
     re.compile(r"concat([1-9]\d*)"): lambda m: (int(m[1]), 1),  # MiniGPT-v2: concat4, then `llama_proj`
 }
 
-# config.json model_type of each vision-language layout: its `architectures` entry, what its config may omit, and
-# the prompt templates (`data.chat`) of its family.
+# config.json model_type of each vision-language layout: its `architectures` entry, what its config may omit, the
+# prompt templates (`data.chat`) of its family, and whether an image is tiled at any resolution (`models.anyres`:
+# a base crop plus a grid of crops, an image-newline token closing each row of the grid).
 LAYOUTS = {
     "llava": dict(architecture="LlavaForConditionalGeneration", vision="clip_vision_model",
-                  projector_type="mlp2x_gelu", vision_feature_layer=-2,
-                  templates=("vicuna_v1", "llava_v1", "llama2", "tokenizer", "alpaca")),
+                  projector_type="mlp2x_gelu", vision_feature_layer=-2, vision_feature_select_strategy="default",
+                  templates=("vicuna_v1", "llava_v1", "llama2", "tokenizer", "alpaca"), anyres=False),
     "minigpt_v2": dict(architecture="MiniGPTv2ForConditionalGeneration", vision="eva_vit",
-                       projector_type="concat4", vision_feature_layer=-1, templates=("minigptv2", "minigptv2_vqa")),
+                       projector_type="concat4", vision_feature_layer=-1, vision_feature_select_strategy="default",
+                       templates=("minigptv2", "minigptv2_vqa"), anyres=False),
+    "llava_next": dict(architecture="LlavaNextForConditionalGeneration", vision="clip_vision_model",
+                       projector_type="mlp2x_gelu", vision_feature_layer=-2, vision_feature_select_strategy="default",
+                       templates=("llava_v1", "vicuna_v1", "mistral_instruct", "tokenizer"), anyres=True),
+    "llava_onevision": dict(architecture="LlavaOnevisionForConditionalGeneration", vision="siglip_vision_model",
+                            projector_type="mlp2x_gelu", vision_feature_layer=-1,
+                            vision_feature_select_strategy="full", templates=("qwen", "tokenizer"), anyres=True),
 }
-_LAYOUT_OF_TOWER = {"clip": "llava", "eva": "minigpt_v2"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,11 +285,21 @@ class LlavaConfig:
     projector_bias: bool = True
     image_token_id: int = 32000
     vision_feature_layer: int = -2
-    vision_feature_select_strategy: str = "default"  # "default" drops the class token, "full" keeps it
+    vision_feature_select_strategy: str = "default"  # "default" drops the first token (CLIP's class token)
+    model_type: str = "llava"  # the `LAYOUTS` entry its config.json is written in
+    # Any-resolution tiling (LLaVA-NeXT, OneVision): the (height, width) canvases an image may be fitted to
+    image_grid_pinpoints: tuple[tuple[int, int], ...] = ()
+    vision_aspect_ratio: str | None = None  # OneVision's "anyres_max_N": pool the tiles' grid to about N crops
 
     def __post_init__(self):
         if self.vision is None:
             return
+        if self.model_type not in LAYOUTS:
+            raise ValueError(f"model_type {self.model_type!r} is not a vision-language layout ({', '.join(LAYOUTS)})")
+        if self.anyres and not self.image_grid_pinpoints:
+            raise ValueError(f"a {self.model_type} model needs image_grid_pinpoints (the canvases it tiles to)")
+        if self.vision_aspect_ratio is not None and not re.fullmatch(r"anyres_max_[1-9]\d*", self.vision_aspect_ratio):
+            raise ValueError(f"vision_aspect_ratio {self.vision_aspect_ratio!r} is not supported (anyres_max_N)")
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(
                 f"vision_feature_select_strategy must be 'default' or 'full', got "
@@ -232,7 +315,7 @@ class LlavaConfig:
                 f"vision_feature_layer {self.vision_feature_layer} is out of range for a "
                 f"{self.vision.num_layers}-layer vision tower"
             )
-        tokens = self.vision.num_patches + (self.vision_feature_select_strategy == "full")
+        tokens = self.vision.num_patches + self.vision.class_token - (self.vision_feature_select_strategy == "default")
         if tokens % self.projector_group:
             raise ValueError(f"projector {self.projector_type!r} concatenates {self.projector_group} visual tokens "
                              f"but the tower gives {tokens}, not a multiple of it")
@@ -262,10 +345,26 @@ class LlavaConfig:
         return self.vision_feature_layer % n
 
     @property
+    def anyres(self) -> bool:
+        return self.vision is not None and LAYOUTS[self.model_type]["anyres"]
+
+    @property
+    def tokens_per_crop(self) -> int:
+        """Image tokens one crop (one pass of the tower) gives after the select strategy and the projector."""
+        vision = self.vision
+        tokens = vision.num_patches + vision.class_token - (self.vision_feature_select_strategy == "default")
+        return tokens // self.projector_group
+
+    @property
     def num_image_tokens(self) -> int:
+        """Image tokens of every image of a fixed-resolution model (0 text-only). An any-resolution model's vary
+        with the image's size (`models.anyres.image_tokens`)."""
         if self.vision is None:
             return 0
-        return (self.vision.num_patches + (self.vision_feature_select_strategy == "full")) // self.projector_group
+        if self.anyres:
+            raise ValueError(f"a {self.model_type} model's image-token count depends on each image's size: use "
+                             f"models.anyres.image_tokens(config, (height, width))")
+        return self.tokens_per_crop
 
     @classmethod
     def text_only(cls, text: TextConfig) -> LlavaConfig:
@@ -276,11 +375,11 @@ class LlavaConfig:
         """From a llava-hf `config.json` (model_type "llava", the default), this project's MiniGPT-v2 one
         ("minigpt_v2"), or a LLaMA one ("llama": text-only)."""
         model_type = d.get("model_type", "llava")
-        if model_type == "llama":
+        if model_type in DECODER_FAMILIES:
             return cls.text_only(TextConfig.from_hf(d))
         if model_type not in LAYOUTS:
             raise ValueError(f"model_type {model_type!r} is not a vision-language layout ({', '.join(LAYOUTS)}) "
-                             f"nor 'llama'")
+                             f"nor a decoder ({', '.join(DECODER_FAMILIES)})")
         layout = LAYOUTS[model_type]
         act = d.get("projector_hidden_act", "gelu")
         if act != "gelu":
@@ -296,13 +395,17 @@ class LlavaConfig:
             projector_bias=bool(d.get("multimodal_projector_bias", True)),
             image_token_id=d.get("image_token_id", d.get("image_token_index", 32000)),
             vision_feature_layer=d.get("vision_feature_layer", layout["vision_feature_layer"]),
-            vision_feature_select_strategy=d.get("vision_feature_select_strategy", "default"),
+            vision_feature_select_strategy=d.get("vision_feature_select_strategy",
+                                                 layout["vision_feature_select_strategy"]),
+            model_type=model_type,
+            image_grid_pinpoints=tuple(tuple(p) for p in d.get("image_grid_pinpoints") or ()),
+            vision_aspect_ratio=d.get("vision_aspect_ratio") if model_type == "llava_onevision" else None,
         )
 
     @property
     def layout(self) -> str:
         """The `LAYOUTS` entry its config.json is written in (a text-only model: 'llama')."""
-        return "llama" if self.vision is None else _LAYOUT_OF_TOWER[self.vision.tower]
+        return "llama" if self.vision is None else self.model_type
 
     def check_template(self, template: str) -> None:
         """Refuses a prompt template of another family: each puts the image its own way (`<image>\\n` before
@@ -316,13 +419,17 @@ class LlavaConfig:
         """A llava-hf `config.json` that `transformers.LlavaConfig` reads back to the same model (a text-only
         model's: a `LlamaForCausalLM` one; an EVA-tower model's: this project's `minigpt_v2` one)."""
         if self.vision is None:
-            return {"architectures": ["LlamaForCausalLM"], **self.text.to_hf()}
+            return {"architectures": [CAUSAL_LM_ARCHITECTURES[self.text.family]], **self.text.to_hf()}
         layout = self.layout
-        if layout == "llava" and self.projector_type != "mlp2x_gelu":
+        if layout != "minigpt_v2" and self.projector_type != "mlp2x_gelu":
             raise ValueError(
                 f"the llava-hf layout only represents the 'mlp2x_gelu' projector, not {self.projector_type!r}"
             )
-        extra = {} if layout == "llava" else {"projector_type": self.projector_type}
+        extra = {"projector_type": self.projector_type} if layout == "minigpt_v2" else {}
+        if self.anyres:
+            extra["image_grid_pinpoints"] = [list(p) for p in self.image_grid_pinpoints]
+        if self.vision_aspect_ratio is not None:
+            extra["vision_aspect_ratio"] = self.vision_aspect_ratio
         return {
             "architectures": [LAYOUTS[layout]["architecture"]],
             "model_type": layout,
@@ -330,7 +437,7 @@ class LlavaConfig:
             "text_config": self.text.to_hf(),
             **extra,
             "image_token_index": self.image_token_id,
-            "image_seq_length": self.num_image_tokens,
+            **({} if self.anyres else {"image_seq_length": self.num_image_tokens}),
             "projector_hidden_act": "gelu",
             "multimodal_projector_bias": self.projector_bias,
             "vision_feature_layer": self.vision_feature_layer,
@@ -372,7 +479,8 @@ KNOWN_ARCHITECTURES = {
                                                             pad_token_id=None)),
     # MiniGPT-v2: EVA-CLIP ViT-g at 448 px, 4 tokens concatenated per image token (256), Llama-2-7b-chat
     "minigpt-v2": LlavaConfig(vision=EvaVisionConfig(), text=_llava15(4096, 11008, 32, 32, stage1=True).text,
-                              projector_type="concat4", image_token_id=32000, vision_feature_layer=-1),
+                              projector_type="concat4", image_token_id=32000, vision_feature_layer=-1,
+                              model_type="minigpt_v2"),
     # Llama Guard 3, the `llama_guard` judge's checkpoints (huggingface.co/meta-llama/Llama-Guard-3-8B and
     # …/Llama-Guard-3-1B, config.json): Llama 3.1 8B's shape, untied; Llama 3.2 1B's, tied, RoPE factor 32
     "llama-guard-3-8b": _llama3(4096, 14336, 32, 128, rope_factor=8.0, tied=False),
