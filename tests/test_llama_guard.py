@@ -88,7 +88,7 @@ def test_plain_llama_is_stage1_with_a_projector_and_text_only_without(tmp_path):
                                               "text-only"):
         vlguard_jax.load_pretrained(tmp_path, vision_tower=tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    with pytest.raises(CheckpointError, match="is not a text-only LLaMA checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a text-only decoder checkpoint"):
         vlguard_jax.load_language_model(tmp_path)
 
 

@@ -1,4 +1,5 @@
-"""LLaMA-family decoder: RMSNorm, rotate-half RoPE, SwiGLU, grouped-query attention, optional KV cache.
+"""LLaMA-family decoder: RMSNorm, rotate-half RoPE, SwiGLU, grouped-query attention, optional KV cache; Qwen2's
+q/k/v biases and Mistral's sliding window as options of the same block.
 
 The cache is an explicit pytree (`KVCache`) threaded through `lax.scan` with the layers, so prefill and every
 decode step are pure functions that `generate` can jit once and run inside `lax.while_loop`.
@@ -76,6 +77,16 @@ def causal_mask(attention_mask: jax.Array, query_len: int, offset: jax.Array | i
     return causal[:, None] & attention_mask[:, None, None, :].astype(bool)
 
 
+def sliding_window(visible: jax.Array, window: int) -> jax.Array:
+    """Of each query's visible keys (`[..., q, kv]`), the last `window`: Mistral's sliding window, in which a query
+    sees at most `window` keys, itself included. It counts visible keys, not slots, so padding and the empty slots
+    the engine leaves between a prefix and its suffix take no room in it: it spans positions, which generation
+    counts over the mask. For a row whose tokens are contiguous (every row transformers masks) that is
+    transformers' slot rule `i - window < j <= i`."""
+    later = jnp.cumsum(visible[..., ::-1], axis=-1, dtype=jnp.int32)[..., ::-1]  # visible keys at or after each
+    return visible & (later <= window)
+
+
 def write_cache(cache: jax.Array, new: jax.Array, layer: jax.Array, offset: jax.Array | int) -> jax.Array:
     """`new` `[batch, t, kv_heads, head_dim]` into one layer of `cache` at slots `offset…offset+t`, in place: a
     slice update for one offset, a scatter for one offset per row."""
@@ -90,12 +101,14 @@ def write_cache(cache: jax.Array, new: jax.Array, layer: jax.Array, offset: jax.
 class LlamaAttention(nnx.Module, Attends):
     def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        kw = dict(use_bias=cfg.attention_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.sliding_window = cfg.sliding_window
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        qkv_bias = cfg.attention_bias or cfg.qkv_bias  # Qwen2 biases q, k and v but not o
         d, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        self.q_proj = Linear(d, q, ("embed", "heads"), **kw)
-        self.k_proj = Linear(d, kv, ("embed", "kv"), **kw)
-        self.v_proj = Linear(d, kv, ("embed", "kv"), **kw)
-        self.o_proj = Linear(q, d, ("heads", "embed"), **kw)
+        self.q_proj = Linear(d, q, ("embed", "heads"), use_bias=qkv_bias, **kw)
+        self.k_proj = Linear(d, kv, ("embed", "kv"), use_bias=qkv_bias, **kw)
+        self.v_proj = Linear(d, kv, ("embed", "kv"), use_bias=qkv_bias, **kw)
+        self.o_proj = Linear(q, d, ("heads", "embed"), use_bias=cfg.attention_bias, **kw)
 
     def __call__(self, x, cos, sin, visible: Visible, kv_cache, offset, keys=(None,) * 4):
         b, t, _ = x.shape
@@ -109,10 +122,17 @@ class LlamaAttention(nnx.Module, Attends):
         if visible.dense is None:  # the new tokens see themselves alone: a kernel's case
             out = self_attention(q, k, v, implementation=self.attention, causal=True, valid=visible.valid,
                                  padding=visible.padding, query_chunk=self.query_chunk)
-        else:  # a cache at other offsets: the layer's keys and values read as they lie, head-major
-            k_layer, v_layer = (jax.lax.dynamic_index_in_dim(c, layer, keepdims=False) for c in kv_cache)
-            out = dense_attention(q, k_layer, v_layer, visible.dense, implementation=dense_implementation(
-                self.attention), query_chunk=self.query_chunk, kv_head_major=True)
+        else:  # a cache at other offsets, or a sliding window: any mask
+            mask = visible.dense
+            if self.sliding_window is not None and mask.shape[-1] > self.sliding_window:
+                # cut here, from whatever mask a caller built (`generate.step` builds the decode step's own)
+                mask = sliding_window(mask, self.sliding_window)
+            dense = dict(implementation=dense_implementation(self.attention), query_chunk=self.query_chunk)
+            if kv_cache is None:  # no cache: the input's own keys and values
+                out = dense_attention(q, k, v, mask, **dense)
+            else:  # the layer's cached keys and values, read as they lie, head-major
+                k_layer, v_layer = (jax.lax.dynamic_index_in_dim(c, layer, keepdims=False) for c in kv_cache)
+                out = dense_attention(q, k_layer, v_layer, mask, kv_head_major=True, **dense)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim), keys[3]), kv_cache
 
 
@@ -172,11 +192,13 @@ class LlamaModel(nnx.Module):
         """
         cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config), self.dtype)
         length = inputs_embeds.shape[1]
-        if cache is None or (isinstance(cache_index, int) and cache_index == 0):
+        from_slot_0 = cache is None or (isinstance(cache_index, int) and cache_index == 0)
+        window = self.config.sliding_window
+        if from_slot_0 and (window is None or length <= window):
             # Causal over tokens written from slot 0: no key after them is seen, so their own keys are all there
-            # is to attend (a kernel's case)
+            # is to attend (a kernel's case); a sliding window no shorter than them cuts nothing
             visible = Visible(valid=attention_mask[:, :length], padding=padding)
-        else:
+        else:  # keys at other offsets, or more of them than the window: a dense mask, the layers cut the window
             visible = Visible(dense=causal_mask(attention_mask, length, cache_index))
         x = constrain(inputs_embeds.astype(self.dtype), ("batch", "length", "act_embed"))
 
