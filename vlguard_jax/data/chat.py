@@ -39,7 +39,14 @@ _ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an 
                  "{instruction}\n\n### Input:\n{input}\n\n### Response:")
 # MiniGPT-v2's task identifiers (its paper, Table 1), written before the instruction: "[vqa] What is …".
 MINIGPTV2_TASKS = {"minigptv2": "", "minigptv2_vqa": "[vqa] "}
-TEMPLATES = ("vicuna_v1", "llava_v1", "llama2", "tokenizer", "alpaca", *MINIGPTV2_TASKS)
+# LLaVA-OneVision (LLaVA-VL/LLaVA-NeXT `conversation.py` `conv_qwen`, the `qwen_1_5`/`qwen_2` template its training
+# scripts pass): ChatML, `<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n` first.
+_QWEN_SYSTEM = "You are a helpful assistant."
+_IM_START, _IM_END = "<|im_start|>", "<|im_end|>"
+# Tokens a template trains wherever they stand, system and user turns included: `train.py` `preprocess_qwen` sets
+# `unmask_tokens_idx = [198, im_start, im_end]` (198 is Qwen2's "\n" token) and unmasks every such id.
+_ALWAYS_TRAINED = {"qwen": (_IM_START, _IM_END, "\n")}
+TEMPLATES = ("vicuna_v1", "llava_v1", "llama2", "mistral_instruct", "qwen", "tokenizer", "alpaca", *MINIGPTV2_TASKS)
 TOKENIZATION = "llava_legacy"  # pieces split at <image> and special tokens, each with its word-start `▁`
 
 
@@ -72,6 +79,10 @@ def render(turns: Sequence[Turn], template: str, image: bool, eos: str = "</s>",
         return _render_two_sep(turns, _VICUNA_SYSTEM if template == "vicuna_v1" else _LLAVA_SYSTEM, eos)
     if template == "llama2":
         return _render_llama2(turns, eos)
+    if template == "mistral_instruct":  # `conv_mistral_instruct`: LLAMA_2 style, no system, sep ""
+        return _render_llama2(turns, eos, system="", sep="")
+    if template == "qwen":
+        return _render_chatml(turns, _QWEN_SYSTEM, add_generation_prompt)
     if template == "tokenizer":
         return _render_chat_template(turns, tokenizer, add_generation_prompt)
     raise ValueError(f"unknown chat template {template!r}; known: {', '.join(TEMPLATES)}")
@@ -88,15 +99,37 @@ def _render_two_sep(turns: list[Turn], system: str, eos: str) -> list[Segment]:
     return segments
 
 
-def _render_llama2(turns: list[Turn], eos: str) -> list[Segment]:
-    """LLaVA's `llava_llama_2`: `[INST] <<SYS>>…<</SYS>>\n\nq [/INST] a </s><s>[INST] q2 [/INST] …`."""
+def _render_llama2(turns: list[Turn], eos: str, system: str = _LLAMA2_SYSTEM, sep: str = "<s>") -> list[Segment]:
+    """LLaVA's `llava_llama_2`: `[INST] <<SYS>>…<</SYS>>\n\nq [/INST] a </s><s>[INST] q2 [/INST] …`.
+
+    `mistral_instruct` (LLaVA-NeXT Mistral) is the same `SeparatorStyle.LLAMA_2` with an empty system (no `<<SYS>>`
+    block) and sep "": `[INST] <image>\nq [/INST] a </s>[INST] q2 [/INST] a2 </s>`, no `<s>` between rounds.
+    """
     segments = []
     for i, turn in enumerate(turns):
         if turn.role == "user":
-            text = f"<<SYS>>\n{_LLAMA2_SYSTEM}\n<</SYS>>\n\n{turn.text}" if i == 0 else turn.text
-            segments.append(Segment(("" if i == 0 else "<s>") + f"[INST] {text} [/INST]", False))
+            text = f"<<SYS>>\n{system}\n<</SYS>>\n\n{turn.text}" if i == 0 and system else turn.text
+            segments.append(Segment(("" if i == 0 else sep) + f"[INST] {text} [/INST]", False))
         else:
             segments.append(Segment(f" {turn.text} {eos}", True))
+    return segments
+
+
+def _render_chatml(turns: list[Turn], system: str, add_generation_prompt: bool) -> list[Segment]:
+    """LLaVA-OneVision's ChatML (LLaVA-NeXT `conv_qwen`, `SeparatorStyle.CHATML`; `preprocess_qwen`), no BOS:
+    `<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<image>\nq<|im_end|>\n`
+    `<|im_start|>assistant\na<|im_end|>\n`.
+
+    `preprocess_qwen` tokenizes each message alone and trains an assistant message whole, its
+    `<|im_start|>assistant\n` header and closing `<|im_end|>\n` included; `<|im_start|>`, `<|im_end|>` and a lone
+    "\n" token are trained everywhere (`_ALWAYS_TRAINED`). A prompt ends with `<|im_start|>assistant\n`.
+    """
+    segments = [Segment(f"{_IM_START}system\n{system}{_IM_END}\n", False)]
+    for turn in turns:
+        trained = turn.role == "assistant"
+        segments.append(Segment(f"{_IM_START}{turn.role}\n{turn.text}{_IM_END}\n", trained))
+    if add_generation_prompt:
+        segments.append(Segment(f"{_IM_START}assistant\n", False))
     return segments
 
 
@@ -181,10 +214,23 @@ class ChatTokenizer:
         specials = [IMAGE_PLACEHOLDER] if num_image_tokens else []
         if template != "tokenizer":  # native chat templates write their own special tokens
             specials += [t for t in (tokenizer.eos_token, tokenizer.bos_token) if t]
+        if template == "qwen":
+            specials += [_IM_START, _IM_END]
         self._special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
-        self._split = re.compile("(" + "|".join(map(re.escape, specials or ["(?!)"])) + ")")
-        count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        self._prefixes_space = count(" a") > count("a")  # legacy: " a" is `▁` `▁a`
+        if template == "qwen" and {self._special_ids[t] for t in (_IM_START, _IM_END)} & {None, tokenizer.unk_token_id}:
+            raise ValueError(f"template 'qwen' needs a tokenizer with {_IM_START} and {_IM_END} tokens (Qwen2's)")
+        self._split = re.compile("(" + "|".join(map(re.escape, dict.fromkeys(specials) or ["(?!)"])) + ")")
+        ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+        # A non-legacy SentencePiece tokenizer folds a leading space into the word-start `▁` (" a" is "a": `▁a`);
+        # legacy SentencePiece (`▁` `▁a`) and byte-level BPE (`Ġa`, Qwen2) keep it.
+        self._drops_space = ids(" a") == ids("a")
+        self._always_trained = []
+        for token in _ALWAYS_TRAINED.get(template, ()):
+            token_ids = ids(token)
+            if len(token_ids) != 1:
+                raise ValueError(f"template {template!r} trains the token {token!r}, which this tokenizer splits "
+                                 f"into {len(token_ids)}")
+            self._always_trained += token_ids
 
     def segments(self, turns: Sequence[Turn], image: bool, add_generation_prompt: bool = False) -> list[Segment]:
         return render(turns, self.template, image, self.tokenizer.eos_token, add_generation_prompt,
@@ -199,7 +245,7 @@ class ChatTokenizer:
         """
         has_image = conversation.image is not None
         ids, trained = self._tokenize(self.segments(conversation.turns, has_image))
-        labels = np.where(trained, ids, IGNORE).astype(np.int32)
+        labels = np.where(trained | np.isin(ids, self._always_trained), ids, IGNORE).astype(np.int32)
         self._check_image_tokens(ids, has_image)
         extra = (self.num_image_tokens - 1) * has_image
         if len(ids) + extra > self.max_length:
@@ -209,7 +255,7 @@ class ChatTokenizer:
             if has_image and np.flatnonzero(ids == self.image_token_id)[0] >= keep:
                 raise SampleError(f"truncating to max_length {self.max_length} would cut the image")
             ids, labels = ids[:keep], labels[:keep]
-        if not (labels != IGNORE).any():
+        if not trained[:len(ids)].any():  # an answer token, not only _ALWAYS_TRAINED ones
             raise SampleError("no supervised token (every answer was masked or truncated away)")
         encoded = Encoded(ids, labels)
         return self.expand(encoded) if expand_image else encoded
@@ -262,8 +308,9 @@ class ChatTokenizer:
         LLaVA's templates whether or not the tokenizer's config adds it (LLaVA's tokenizers all do).
 
         Non-legacy tokenizers add no `▁` to text that starts with a space: one more space gives the legacy tokens.
+        Byte-level BPE (Qwen2) adds no word-start: a piece is tokenized as it stands, as the template joins it.
         """
-        shift = int(piece.startswith(" ") and not self._prefixes_space)
+        shift = int(piece.startswith(" ") and self._drops_space)
         encoding = self.tokenizer(" " * shift + piece, return_offsets_mapping=True, add_special_tokens=False)
         ids = list(encoding["input_ids"])
         starts = [lo - shift if hi > lo and lo >= shift else -1 for lo, hi in encoding["offset_mapping"]]
@@ -271,7 +318,7 @@ class ChatTokenizer:
         if decoded.split() != piece.split():
             raise SampleError(f"the tokens of {piece[:60]!r} decode to {decoded[:60]!r}: the tokenizer does not "
                               f"round-trip this text")
-        if first and self.template != "tokenizer" and self.tokenizer.bos_token_id is not None:
+        if first and self.template not in ("tokenizer", "qwen") and self.tokenizer.bos_token_id is not None:
             return [self.tokenizer.bos_token_id, *ids], [-1, *starts]
         return ids, starts
 
