@@ -26,7 +26,7 @@ from vlguard_jax.checkpoints import names
 from vlguard_jax.checkpoints.tensors import CheckpointError, TensorFile, open_tensor_files, \
     write_sharded
 from vlguard_jax.models.classifier import ClassifierConfig, LlamaForSequenceClassification
-from vlguard_jax.models.config import LlavaConfig, TextConfig
+from vlguard_jax.models.config import DECODER_FAMILIES, LlavaConfig, TextConfig
 from vlguard_jax.models.llama import LlamaForCausalLM
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.parallel import LOGICAL_RULES, variable_sharding
@@ -83,6 +83,8 @@ def _layouts() -> dict:
 
     return {
         "llava": (_resolve_llava_hf, (), "llava-hf layout"),
+        "llava_next": (_resolve_llava_hf, (), "llava-hf LLaVA-NeXT layout"),
+        "llava_onevision": (_resolve_llava_hf, (), "llava-hf LLaVA-OneVision layout"),
         "minigpt_v2": (_resolve_minigptv2, (), "this project's MiniGPT-v2 layout (what export writes)"),
         "llava_llama": (resolve_original, ("vision_tower",), "original LLaVA, with vision_tower=CLIP_DIR"),
         "llama": (_resolve_plain_llama, ("vision_tower", "projector"),
@@ -160,7 +162,8 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=N
 
 def load_language_model(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None, mesh: Mesh | None = None,
                         rules=LOGICAL_RULES, remat: str = "none") -> LlamaForCausalLM:
-    """A plain LLaMA checkpoint (HF `LlamaForCausalLM`, model_type llama) as a text-only decoder, which `Generator`
+    """A plain decoder checkpoint (HF `LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`) as a text-only
+    model, which `Generator`
     runs without images; `load_pretrained` reads the same directory plus a projector and CLIP as LLaVA stage 1.
 
     The decoder's parameter paths are HF's own tensor names, so the weights need no renaming; a tied checkpoint's
@@ -185,11 +188,12 @@ def load_sequence_classifier(path: str | os.PathLike, *, dtype=jnp.float32, para
 
 
 def _resolve_llama(path: str | os.PathLike, parse_config: Callable, canonical: Callable) -> ResolvedCheckpoint:
-    """A text-only LLaMA directory (model_type llama) through HF's own tensor names."""
+    """A text-only decoder directory (model_type llama, mistral or qwen2) through HF's own tensor names."""
     config_path, config = read_config(path)
-    if config.get("model_type") != "llama":
-        raise CheckpointError(f"{config_path}: model_type {config.get('model_type')!r} is not a text-only LLaMA "
-                              f"checkpoint (model_type 'llama'); load LLaVA checkpoints with load_pretrained")
+    if config.get("model_type") not in DECODER_FAMILIES:
+        raise CheckpointError(f"{config_path}: model_type {config.get('model_type')!r} is not a text-only decoder "
+                              f"checkpoint ({', '.join(DECODER_FAMILIES)}); load LLaVA checkpoints with "
+                              f"load_pretrained")
     return _resolve_single(Path(path), config_path, config, parse_config, canonical)
 
 
@@ -283,7 +287,7 @@ def save_pretrained(model: LlavaForConditionalGeneration, path: str | os.PathLik
     hf_config = model.config.to_hf()  # fails early for configs llava-hf cannot express
     vocab = model.config.text.vocab_size
     text_only = model.config.vision is None  # written as HF `LlamaForCausalLM`
-    llava_hf = model.config.layout == "llava"  # transformers looks `<image>` up: it needs a row
+    llava_hf = model.config.layout not in ("llama", "minigpt_v2")  # transformers looks `<image>` up: it needs a row
     rows = vocab if not llava_hf or model.config.image_token_id < vocab else \
         -(-(model.config.image_token_id + 1) // 64) * 64
     if not text_only:

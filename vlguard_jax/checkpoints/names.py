@@ -17,6 +17,7 @@ _RUNTIME_PREFIXES = (  # transformers ≥ 4.52 / v5 runtime names → on-disk na
     ("model.vision_tower.", "vision_tower."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
     ("lm_head.", "language_model.lm_head."),
+    ("model.image_newline", "image_newline"),
 )
 # Buffers some writers store that are not parameters.
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|embeddings\.position_ids)$")
@@ -47,7 +48,7 @@ def llama_name(canonical: str) -> str:
 
 
 def _leaf_kind(parent: str, leaf: str) -> str:
-    if leaf == "bias" or leaf == "class_embedding":
+    if leaf in ("bias", "class_embedding", "image_newline"):
         return "copy"
     if parent == "patch_embedding":
         return "conv"

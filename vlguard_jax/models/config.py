@@ -165,6 +165,7 @@ class TextConfig:
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> TextConfig:
         family = d.get("model_type", "llama")
+        family = "llama" if family == "llava_llama" else family  # original LLaVA's config: a LLaMA's plus mm_* keys
         if family not in DECODER_FAMILIES:
             raise ValueError(f"text_config model_type {family!r} is not a supported decoder "
                              f"({', '.join(DECODER_FAMILIES)})")
@@ -266,10 +267,13 @@ LAYOUTS = {
                        templates=("minigptv2", "minigptv2_vqa"), anyres=False),
     "llava_next": dict(architecture="LlavaNextForConditionalGeneration", vision="clip_vision_model",
                        projector_type="mlp2x_gelu", vision_feature_layer=-2, vision_feature_select_strategy="default",
-                       templates=("llava_v1", "vicuna_v1", "mistral_instruct", "tokenizer"), anyres=True),
+                       templates=("llava_v1", "vicuna_v1", "mistral_instruct", "tokenizer"), anyres=True,
+                       image_grid_pinpoints=((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))),
     "llava_onevision": dict(architecture="LlavaOnevisionForConditionalGeneration", vision="siglip_vision_model",
                             projector_type="mlp2x_gelu", vision_feature_layer=-1,
-                            vision_feature_select_strategy="full", templates=("qwen", "tokenizer"), anyres=True),
+                            vision_feature_select_strategy="full", templates=("qwen", "tokenizer"), anyres=True,
+                            image_grid_pinpoints=tuple((384 * a, 384 * b) for a in range(1, 7) for b in range(1, 7)),
+                            vision_aspect_ratio="anyres_max_9"),
 }
 
 
@@ -385,12 +389,15 @@ class LlavaConfig:
         if act != "gelu":
             raise ValueError(f"projector_hidden_act {act!r} is not supported (LLaVA uses 'gelu')")
         vision = d.get("vision_config") or {}
+        text = TextConfig.from_hf(d.get("text_config") or {})
+        if d.get("tie_word_embeddings"):  # transformers ties when either the top or the text config says so
+            text = dataclasses.replace(text, tie_word_embeddings=True)
         vision_type = vision.get("model_type", layout["vision"])
         if vision_type not in VISION_CONFIGS:
             raise ValueError(f"vision_config model_type {vision_type!r} is not supported ({', '.join(VISION_CONFIGS)})")
         return cls(
             vision=VISION_CONFIGS[vision_type].from_hf(vision),
-            text=TextConfig.from_hf(d.get("text_config") or {}),
+            text=text,
             projector_type=d.get("projector_type", layout["projector_type"]),
             projector_bias=bool(d.get("multimodal_projector_bias", True)),
             image_token_id=d.get("image_token_id", d.get("image_token_index", 32000)),
@@ -398,8 +405,10 @@ class LlavaConfig:
             vision_feature_select_strategy=d.get("vision_feature_select_strategy",
                                                  layout["vision_feature_select_strategy"]),
             model_type=model_type,
-            image_grid_pinpoints=tuple(tuple(p) for p in d.get("image_grid_pinpoints") or ()),
-            vision_aspect_ratio=d.get("vision_aspect_ratio") if model_type == "llava_onevision" else None,
+            image_grid_pinpoints=tuple(tuple(p) for p in d.get("image_grid_pinpoints")
+                                       or layout.get("image_grid_pinpoints", ())),
+            vision_aspect_ratio=d.get("vision_aspect_ratio", layout.get("vision_aspect_ratio"))
+            if "vision_aspect_ratio" in layout else None,
         )
 
     @property

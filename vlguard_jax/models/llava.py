@@ -2,10 +2,11 @@
 positions. The parts come from the config through two tables: the tower (`VISION_TOWERS`: LLaVA's CLIP, MiniGPT-v2's
 EVA) and the projector's shape (`LlavaConfig.projector_shape`: LLaVA's MLP, MiniGPT-v2's concatenate-and-project).
 
-Input ids follow the Hugging Face convention: each image occupies `config.num_image_tokens` copies of
-`config.image_token_id`, and the features of the images in `pixel_values` fill those positions in row-major
-(batch, position) order. Text-only rows simply contain no image tokens, so one batch may mix both. A config
-without `vision` builds the decoder alone: a text-only language model trained, exported and run by the same code.
+Input ids follow the Hugging Face convention: each image occupies as many copies of `config.image_token_id` as
+it has features (`config.num_image_tokens`; an any-resolution image's own count, see `models.tiles`), and the
+features of the images in `pixel_values` fill those positions in row-major (batch, position) order. Text-only rows
+simply contain no image tokens, so one batch may mix both. A config without `vision` builds the decoder alone: a
+text-only language model trained, exported and run by the same code.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from flax import nnx
 from vlguard_jax.models.clip import ClipVisionTower
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.eva import EvaVisionTower
-from vlguard_jax.models.layers import Linear, activation
+from vlguard_jax.models.layers import Linear, activation, param
 from vlguard_jax.models.llama import KVCache, LlamaForCausalLM
+from vlguard_jax.models.siglip import SiglipVisionTower
+from vlguard_jax.models.tiles import TiledImages, flatten_packed, pack_features
 from vlguard_jax.parallel import constrain
 
 
-VISION_TOWERS = {"clip": ClipVisionTower, "eva": EvaVisionTower}  # `VisionConfig.tower` → module
+VISION_TOWERS = {"clip": ClipVisionTower, "eva": EvaVisionTower, "siglip": SiglipVisionTower}  # `VisionConfig.tower`
+Images = jax.Array | TiledImages  # fixed-resolution pixels `[images, 3, H, W]`, or any-resolution crops and plans
 
 
 class Projector(nnx.Module):
@@ -53,19 +57,24 @@ class Projector(nnx.Module):
 
 
 def splice_image_features(embeds: jax.Array, is_image: jax.Array, features: jax.Array,
-                          row_images: bool = False) -> jax.Array:
+                          row_images: bool = False, counts: jax.Array | None = None) -> jax.Array:
     """Overwrites image-token positions with `features` `[images, tokens, d]`.
 
-    By default images fill image tokens in row-major order (HF); with `row_images`, row b takes image b
+    By default images fill image tokens in row-major order (HF), each image `tokens` of them or, given `counts`,
+    its own count (the rest of its row of `features` is padding); with `row_images`, row b takes image b
     (static-shape training batches: one image slot per row, zeros for text-only rows).
     """
     if row_images:
         index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
         gathered = jnp.take_along_axis(features.astype(embeds.dtype), index[..., None], axis=1)
     else:
-        flat = features.reshape(-1, features.shape[-1]).astype(embeds.dtype)
-        index = jnp.cumsum(is_image.reshape(-1)) - 1
-        gathered = jnp.take(flat, jnp.clip(index, 0, flat.shape[0] - 1), axis=0).reshape(embeds.shape)
+        if counts is None:
+            flat, order = features.reshape(-1, features.shape[-1]), None
+        else:
+            flat, order = flatten_packed(features, counts)
+        index = jnp.clip(jnp.cumsum(is_image.reshape(-1)) - 1, 0, flat.shape[0] - 1)
+        index = index if order is None else order[index]
+        gathered = jnp.take(flat.astype(embeds.dtype), index, axis=0).reshape(embeds.shape)
     return jnp.where(is_image[..., None], gathered, embeds)
 
 
@@ -79,31 +88,56 @@ class LlavaForConditionalGeneration(nnx.Module):
         text_only = config.vision is None  # a language model alone: same decoder, same parameter paths
         self.vision_tower = None if text_only else VISION_TOWERS[config.vision.tower](config.vision, remat=remat, **kw)
         self.multi_modal_projector = None if text_only else Projector(config, **kw)
+        # Any-resolution layouts close each row of an image's tile grid with this learned vector (HF `image_newline`)
+        self.image_newline = param(rngs, nnx.initializers.normal(config.text.hidden_size ** -0.5),
+                                   (config.text.hidden_size,), param_dtype, ("embed",)) if config.anyres else None
         self.language_model = LlamaForCausalLM(config.text, remat=remat, **kw)
 
-    def image_features(self, pixel_values: jax.Array) -> jax.Array:
-        """`[images, 3, H, W]` → projected features `[images, num_image_tokens, d_text]`."""
+    def image_features(self, images: Images) -> jax.Array:
+        """Pixels `[images, 3, H, W]` → projected features `[images, num_image_tokens, d_text]`; `TiledImages` →
+        each image's crops encoded and packed by its plan, `[images, max tokens, d_text]`."""
+        self._check_images(images)
+        if not self.config.anyres:
+            return self._crop_features(images)
+        count, crops = images.pixels.shape[:2]
+        features = self._crop_features(images.pixels.reshape(count * crops, *images.pixels.shape[2:]))
+        features = features.reshape(count, crops * features.shape[1], features.shape[2])
+        newline = constrain(self.image_newline[...], (None,))  # whole, like the class embedding
+        return constrain(pack_features(features, newline, images.index, images.weight),
+                         ("batch", "length", "act_embed"))
+
+    def _check_images(self, images: Images) -> None:
         if self.vision_tower is None:
             raise ValueError("a text-only model takes no images (it has no vision tower)")
+        if self.config.anyres != isinstance(images, TiledImages):
+            raise ValueError(f"a {self.config.model_type} model takes "
+                             f"{'TiledImages' if self.config.anyres else 'pixels [images, 3, H, W]'}")
+
+    def _crop_features(self, pixel_values: jax.Array) -> jax.Array:
+        """`[crops, 3, H, W]` → projected features `[crops, tokens_per_crop, d_text]`."""
         hidden = self.vision_tower(pixel_values, self.config.feature_layer_index)
         if self.config.vision_feature_select_strategy == "default":
             hidden = hidden[:, 1:]
         return self.multi_modal_projector(hidden)
 
-    def embed(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
+    def embed(self, input_ids: jax.Array, pixel_values: Images | None = None,
               row_images: bool = False, rows_per_image: int = 1) -> jax.Array:
         if pixel_values is None:  # an image token generated as text keeps its own embedding row, as in HF
             return self.language_model.model.embed_tokens(input_ids)
+        self._check_images(pixel_values)
         is_image = input_ids == self.config.image_token_id
         embeds = self.language_model.model.embed_tokens(jnp.where(is_image, 0, input_ids))
+        tiled = isinstance(pixel_values, TiledImages)
+        counts = pixel_values.token_counts() if tiled else None
         if not (row_images or isinstance(is_image, jax.core.Tracer)):  # eager check; jitted callers validate upstream
-            _check_image_tokens(int(is_image.sum()), pixel_values.shape[0], self.config.num_image_tokens)
+            _check_image_tokens(int(is_image.sum()), counts if tiled else
+                                [self.config.num_image_tokens] * pixel_values.shape[0])
         features = self.image_features(pixel_values)
         if rows_per_image > 1:  # encoded once, spliced into each of its rows (a preference pair's two answers)
             features = jnp.repeat(features, rows_per_image, axis=0)
-        return splice_image_features(embeds, is_image, features, row_images)
+        return splice_image_features(embeds, is_image, features, row_images, counts)
 
-    def __call__(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
+    def __call__(self, input_ids: jax.Array, pixel_values: Images | None = None,
                  attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0,
                  dropout_key: jax.Array | None = None, row_images: bool = False, last_only: bool = False,
@@ -121,7 +155,7 @@ class LlavaForConditionalGeneration(nnx.Module):
         logits = self.language_model.logits(hidden[:, -1:] if last_only else hidden)
         return logits if cache is None else (logits, cache)
 
-    def hidden_states(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
+    def hidden_states(self, input_ids: jax.Array, pixel_values: Images | None = None,
                       attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
                       cache: KVCache | None = None, cache_index: jax.Array | int = 0,
                       dropout_key: jax.Array | None = None, row_images: bool = False, padding: str = "unknown",
@@ -140,9 +174,11 @@ class LlavaForConditionalGeneration(nnx.Module):
                                          attention_mask, cache, cache_index, dropout_key, padding)
 
 
-def _check_image_tokens(num_tokens: int, num_images: int, per_image: int) -> None:
-    if num_tokens != num_images * per_image:
+def _check_image_tokens(num_tokens: int, per_image) -> None:
+    per_image = [int(n) for n in per_image]
+    if num_tokens != sum(per_image):
+        each = f"{per_image[0]} each" if len(set(per_image)) <= 1 else f"{', '.join(map(str, per_image))}"
         raise ValueError(
-            f"input_ids hold {num_tokens} image tokens but {num_images} images need {num_images * per_image} "
-            f"({per_image} each): expand each <image> to {per_image} image tokens, as the LLaVA processor does"
+            f"input_ids hold {num_tokens} image tokens but {len(per_image)} images need {sum(per_image)} ({each}): "
+            f"expand each <image> to its image's tokens, as the LLaVA processor does"
         )
