@@ -194,9 +194,10 @@ class Encoded:
 
 class ChatTokenizer:
     """Turns conversations into (input_ids, labels) and prompts into input_ids, with the model's image tokens
-    (`num_image_tokens=0`: a text-only model's, whose tokenizer needs no `<image>` and whose samples have no image)."""
+    (`num_image_tokens=0`: a text-only model's, whose tokenizer needs no `<image>` and whose samples have no image;
+    None: an any-resolution model's, whose count is each image's own, given to `expand` and `encode_prompt`)."""
 
-    def __init__(self, tokenizer, template: str = "vicuna_v1", num_image_tokens: int = 576,
+    def __init__(self, tokenizer, template: str = "vicuna_v1", num_image_tokens: int | None = 576,
                  max_length: int = 2048, truncation: str = "skip"):
         if template not in TEMPLATES:
             raise ValueError(f"unknown chat template {template!r}; known: {', '.join(TEMPLATES)}")
@@ -208,10 +209,10 @@ class ChatTokenizer:
         self.max_length = max_length
         self.truncation = truncation
         self.image_token_id = None if num_image_tokens == 0 else tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
-        if num_image_tokens and self.image_token_id in (None, tokenizer.unk_token_id):
+        if num_image_tokens != 0 and self.image_token_id in (None, tokenizer.unk_token_id):
             raise ValueError(f"the tokenizer has no {IMAGE_PLACEHOLDER} token; use the llava-hf tokenizer "
                              f"(vlguard-jax convert adds it)")
-        specials = [IMAGE_PLACEHOLDER] if num_image_tokens else []
+        specials = [IMAGE_PLACEHOLDER] if num_image_tokens != 0 else []
         if template != "tokenizer":  # native chat templates write their own special tokens
             specials += [t for t in (tokenizer.eos_token, tokenizer.bos_token) if t]
         if template == "qwen":
@@ -241,13 +242,14 @@ class ChatTokenizer:
 
         Over-long samples are skipped, or with `truncation="truncate"` cut at `max_length` when the cut keeps
         the image and at least one supervised token. `expand_image=False` keeps one image token (compact
-        storage; `expand` restores it).
+        storage; `expand` restores it). With a count per image, the image counts as one token here: the sample's
+        length with its image is checked where the image's size is known (`data.image_sizes`).
         """
         has_image = conversation.image is not None
         ids, trained = self._tokenize(self.segments(conversation.turns, has_image))
         labels = np.where(trained | np.isin(ids, self._always_trained), ids, IGNORE).astype(np.int32)
         self._check_image_tokens(ids, has_image)
-        extra = (self.num_image_tokens - 1) * has_image
+        extra = ((self.num_image_tokens or 1) - 1) * has_image
         if len(ids) + extra > self.max_length:
             if self.truncation == "skip":
                 raise SampleError(f"{len(ids) + extra} tokens, more than max_length {self.max_length}")
@@ -260,20 +262,30 @@ class ChatTokenizer:
         encoded = Encoded(ids, labels)
         return self.expand(encoded) if expand_image else encoded
 
-    def expand(self, encoded: Encoded) -> Encoded:
-        """Repeats the image token once per image feature (the HF convention); image positions are untrained."""
+    def expand(self, encoded: Encoded, image_tokens: int | None = None) -> Encoded:
+        """Repeats the image token once per image feature (the HF convention), `image_tokens` times where the
+        count is the image's own; image positions are untrained."""
         if self.image_token_id is None:
             return encoded
+        count = self._image_count(image_tokens)
         is_image = encoded.input_ids == self.image_token_id
-        repeat = np.where(is_image, self.num_image_tokens, 1)
+        repeat = np.where(is_image, count, 1)
         return Encoded(np.repeat(encoded.input_ids, repeat),
                        np.where(np.repeat(is_image, repeat), IGNORE, np.repeat(encoded.labels, repeat)).astype(np.int32))
 
-    def encode_prompt(self, turns: Sequence[Turn], image: bool) -> np.ndarray:
-        """A generation prompt (ends where the answer starts), image token expanded."""
+    def encode_prompt(self, turns: Sequence[Turn], image: bool, image_tokens: int | None = None) -> np.ndarray:
+        """A generation prompt (ends where the answer starts), image token expanded (`image_tokens`: see `expand`)."""
         ids, _ = self._tokenize(self.segments(turns, image, add_generation_prompt=True))
         self._check_image_tokens(ids, image)
-        return self.expand(Encoded(ids, np.zeros_like(ids))).input_ids
+        return self.expand(Encoded(ids, np.zeros_like(ids)), image_tokens if image else 1).input_ids
+
+    def _image_count(self, image_tokens: int | None) -> int:
+        if image_tokens is not None:
+            return image_tokens
+        if self.num_image_tokens is None:
+            raise ValueError("this model's image-token count is each image's own (any resolution): pass "
+                             "image_tokens (data.vision_inputs.VisionInputs.tokens of the image's size)")
+        return self.num_image_tokens
 
     def fingerprint(self) -> dict:
         """What decides the tokens of a sample: a run records it, and caches of tokenized data are keyed on it."""
