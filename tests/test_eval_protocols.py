@@ -122,3 +122,18 @@ def test_presets_and_overrides():
         protocol("mmmu")
     with pytest.raises(ConfigError, match="min_new_tokens 8 must lie between 0 and max_new_tokens 4"):
         protocol("vlguard", max_new_tokens=4, min_new_tokens=8)
+
+
+def test_any_resolution_presets_are_vlguards_in_each_familys_prompt():
+    from vlguard_jax.evaluate.forgetting import layout_protocol
+    from vlguard_jax.models.config import LAYOUTS
+
+    vlguard = protocol("vlguard")
+    for name, layout, template in (("llava_next", "llava_next", "llava_v1"),
+                                   ("llava_next_mistral", "llava_next", "mistral_instruct"),
+                                   ("onevision", "llava_onevision", "qwen")):
+        chosen = protocol(name)
+        assert (chosen.template, chosen.sampling, chosen.judge) == (template, vlguard.sampling, vlguard.judge)
+        assert template in LAYOUTS[layout]["templates"]  # the runner's template check lets it through
+    assert layout_protocol("llava_next") == protocol("llava_next")
+    assert layout_protocol("llava_onevision", max_new_tokens=64) == protocol("onevision", max_new_tokens=64)

@@ -38,12 +38,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", help="results directory, a local folder or gs://… (needed but for --dry-run); "
                                          "process 0 alone reads and writes it")
     evaluate.add_argument("--protocol", default="vlguard",
-                          choices=("vlguard", "vlguard_minigptv2", "llava", "harmful_finetune"),
+                          choices=("vlguard", "vlguard_minigptv2", "llava", "harmful_finetune", "llava_next",
+                                   "llava_next_mistral", "onevision"),
                           help="evaluation preset, recorded in run.json and summary.json: vlguard (VLGuard's "
                                "VLGuard_eval.py: llava_v1, CLIP resize + centre crop, greedy, 1 to 256 new tokens), "
                                "vlguard_minigptv2 (the same for MiniGPT-v2: its [vqa] prompt, 448-px resize), "
-                               "or llava (LLaVA-1.5's eval: vicuna_v1, pad to square, greedy, 128 new tokens); "
-                               "the flags below, where given, replace its fields")
+                               "llava (LLaVA-1.5's eval: vicuna_v1, pad to square, greedy, 128 new tokens), "
+                               "llava_next / llava_next_mistral / onevision (VLGuard's settings in LLaVA-NeXT "
+                               "Vicuna's llava_v1, NeXT Mistral's mistral_instruct or OneVision's qwen prompt; "
+                               "images tiled at any resolution); the flags below, where given, replace its fields")
     evaluate.add_argument("--template", choices=TEMPLATES)
     evaluate.add_argument("--image-mode", choices=IMAGE_MODES)
     evaluate.add_argument("--max-new-tokens", type=int)

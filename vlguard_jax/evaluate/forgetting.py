@@ -37,9 +37,11 @@ BENCHMARK_FILES = {  # each benchmark's file under a benchmarks root laid out as
 KINDS = ("llm", "vllm")
 # The paper's setting per model family (its config's layout): VLGuard's evaluation (greedy, 256 new tokens) with the
 # model's own system prompt, Vicuna's (vicuna_v1) for a base LLM and the VLLM's as VLGuard evaluates it otherwise.
-# (preset, template replacing the preset's, or None)
+# (preset, template replacing the preset's, or None). A layout does not name its decoder: a Mistral LLaVA-NeXT gets
+# `llava_next` (Vicuna's prompt) here; its own `llava_next_mistral` only where that preset is named.
 PROTOCOL_OF_LAYOUT = {"llama": ("vlguard", "vicuna_v1"), "llava": ("vlguard", None),
-                      "minigpt_v2": ("vlguard_minigptv2", None)}
+                      "minigpt_v2": ("vlguard_minigptv2", None), "llava_next": ("llava_next", None),
+                      "llava_onevision": ("onevision", None)}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

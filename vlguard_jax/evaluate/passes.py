@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from vlguard_jax.data.vision_inputs import TiledImage
 from vlguard_jax.evaluate.benchmarks import Benchmark, Prompt
 from vlguard_jax.generate import Engine, Request, SamplingConfig
 
@@ -30,11 +31,11 @@ class Chunk:
 
 @dataclasses.dataclass
 class Prepared:
-    """A chunk's prompts that encoded (ids, pixels) and those that did not (skip records)."""
+    """A chunk's prompts that encoded (ids, images) and those that did not (skip records)."""
 
     kept: list[Prompt]
     ids: list[np.ndarray]
-    pixels: list[np.ndarray | None]
+    images: list[np.ndarray | TiledImage | None]  # as the model takes them (`VisionInputs.encode`)
     failed: list[dict]
 
 
@@ -70,7 +71,7 @@ def run(engine: Engine, chunks: Sequence[Chunk], sampling: SamplingConfig, prepa
     for part in windows(chunks, window):
         prepared = [prepare(chunk) for chunk in part]
         owners = [(c, j) for c, p in enumerate(prepared) for j in range(len(p.kept))]
-        requests = [Request(prepared[c].ids[j], prepared[c].pixels[j], prepared[c].kept[j].image,
+        requests = [Request(prepared[c].ids[j], prepared[c].images[j], prepared[c].kept[j].image,
                             adapter=part[c].run) for c, j in owners]
         order = image_order([r.image_key for r in requests])
         tokens = [[None] * len(p.kept) for p in prepared]

@@ -2,9 +2,10 @@
 
 A run starts from a named preset and explicit settings replace its fields; the protocol as run (every field, the
 preset's name, and which fields differ from it) is what `run.json` and `summary.json` record, so two results
-are comparable exactly when their protocols are. Both presets read images as `Image.open(path).convert('RGB')`
-(`data.images.ImageSource`) and ran their models in float16; the compute dtype here is a separate setting
-(`--dtype`), recorded beside the protocol.
+are comparable exactly when their protocols are. Every preset reads images as `Image.open(path).convert('RGB')`
+(`data.images.ImageSource`), and the evaluations they follow ran their models in float16; the compute dtype here is
+a separate setting (`--dtype`), recorded beside the protocol. An any-resolution model (LLaVA-NeXT, OneVision) tiles
+every image as its processor does (`data.vision_inputs`) and ignores `image_mode`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from vlguard_jax.generate import SamplingConfig
 class Protocol:
     name: str
     template: str  # data.chat template of the prompt
-    image_mode: str  # data.images mode: "crop" (CLIP resize + centre crop), "pad" (pad to a square first), "resize"
+    # data.images mode of a fixed-resolution model: "crop" (CLIP resize + centre crop), "pad" (pad to a square first),
+    # "resize"; any-resolution models ignore it
+    image_mode: str
     max_new_tokens: int
     min_new_tokens: int = 0
     temperature: float = 0.0  # 0: greedy
@@ -62,6 +65,16 @@ PROTOCOLS = {
     # `--temperature 0`, its default 128 new tokens; process_images pads to a square of the CLIP mean colour
     # (`image_aspect_ratio: pad`).
     "llava": Protocol("llava", template="vicuna_v1", image_mode="pad", max_new_tokens=128),
+    # VLGuard's protocol (greedy, 1 to 256 new tokens, the keyword judge) for the any-resolution families, each in the
+    # prompt format its own code gives it (their `image_mode` is only the base crop's squash; the tiles are the
+    # model's own). LLaVA-NeXT: haotian-liu/LLaVA llava/eval/run_llava.py picks `llava_v1` for llava-v1.6-vicuna-*
+    # and `mistral_instruct` for llava-v1.6-mistral-7b. OneVision: LLaVA-VL/LLaVA-NeXT's OneVision tutorial and
+    # transformers' llava-onevision chat template, `qwen_1_5` (`qwen` here).
+    "llava_next": Protocol("llava_next", template="llava_v1", image_mode="resize", max_new_tokens=256,
+                           min_new_tokens=1),
+    "llava_next_mistral": Protocol("llava_next_mistral", template="mistral_instruct", image_mode="resize",
+                                   max_new_tokens=256, min_new_tokens=1),
+    "onevision": Protocol("onevision", template="qwen", image_mode="resize", max_new_tokens=256, min_new_tokens=1),
     # git-disl/Vaccine poison/evaluation/pred.py and */pred_eval.py: the Alpaca prompt, greedy, 128 new tokens.
     "harmful_finetune": Protocol("harmful_finetune", template="alpaca", image_mode="crop", max_new_tokens=128),
 }

@@ -9,9 +9,10 @@ first insert fit in a fraction of the device's memory limit. The insert fills ev
 rounded up to a power of two, as the engine rounds them: that, not the decode step, often binds.
 
 The programs are equivalents built from the engine's public pieces (`forward`, `decode_step`, `pick`, `KVCache`):
-one prefill of the whole prompt with its image, where the engine prefills the shared prefix and the suffix in
-turn, and one decode step with the layers' weights sliced as the engine slices them, where the engine loops. Their buffers are the engine's, if anything larger. Devices that report no
-memory limit (CPU) keep `DEFAULT_SLOTS`.
+one prefill of the whole prompt with its image (in the engine's image arrays: an any-resolution image padded to the
+model's most crops), where the engine prefills the shared prefix and the suffix in turn, and one decode step with
+the layers' weights sliced as the engine slices them, where the engine loops. Their buffers are the engine's, if
+anything larger. Devices that report no memory limit (CPU) keep `DEFAULT_SLOTS`.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax.buckets import bucket
 from vlguard_jax.config import ConfigError
+from vlguard_jax.data.vision_inputs import VisionInputs
 from vlguard_jax.generate.engine import Geometry, split_point
 from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, decoder, forward, pick
 from vlguard_jax.generate.step import decode_step, layer_weights
 from vlguard_jax.models.llama import KVCache
+from vlguard_jax.models.tiles import images_of
 from vlguard_jax.parallel import fit_spec, logical_to_spec
 
 DEFAULT_SLOTS = 8  # where the devices report no memory limit (CPU): the engine's default
@@ -174,10 +177,10 @@ def measure(model, geom: Geometry, slots: int, mesh: Mesh | None = None,
         token = pick(logits, jax.random.key(0), 0, stops, sampling)
         return _Slots(cache, mask, token, s.position + 1, s.out.at[:, 0].set(token))
 
-    def insert(state, s: _Slots, ids, pixels, row_mask) -> _Slots:
+    def insert(state, s: _Slots, ids, images, row_mask) -> _Slots:
         positions = jnp.maximum(jnp.cumsum(row_mask, axis=1) - 1, 0)
         row_cache = KVCache.zeros(cfg, ids.shape[0], prompt, cache_dtype)
-        logits, row_cache = forward(nnx.merge(graphdef, state), ids, pixels, row_mask, positions, row_cache, 0)
+        logits, row_cache = forward(nnx.merge(graphdef, state), ids, images, row_mask, positions, row_cache, 0)
         token = pick(logits[:, -1], jax.random.key(0), 0, stops, sampling)
         at = jnp.arange(ids.shape[0])  # rows past the last slot are dropped, as the engine drops its fillers
         put = lambda target, value: target.at[at].set(value, mode="drop")
@@ -185,10 +188,11 @@ def measure(model, geom: Geometry, slots: int, mesh: Mesh | None = None,
         full = jnp.concatenate([row_mask, jnp.zeros((ids.shape[0], geom.new), bool)], axis=1)
         return _Slots(cache, put(s.mask, full), put(s.token, token), put(s.position, positions[:, -1]), s.out)
 
-    pixels = None
-    if vision is not None and geom.prefix:
-        pixels = replicated((slots, 3, vision.image_size, vision.image_size), jnp.float32)
-    inputs = (replicated((slots, prompt), jnp.int32), pixels, replicated((slots, prompt), jnp.bool_))
+    images = None
+    if vision is not None and geom.prefix:  # the engine's image arrays (any-resolution: padded crops and plans)
+        row = VisionInputs.of(model.config).batch(1)
+        images = images_of({name: replicated((slots, *a.shape[1:]), a.dtype) for name, a in row.items()})
+    inputs = (replicated((slots, prompt), jnp.int32), images, replicated((slots, prompt), jnp.bool_))
     with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
         programs = {"decode": jax.jit(decode, donate_argnums=1).lower(state, held),
                     "insert": jax.jit(insert, donate_argnums=1).lower(state, held, *inputs)}

@@ -8,6 +8,10 @@ vision-tower pass and one prefix prefill when inserted together: each copies the
 its slot. Positions count real tokens only, so greedy output equals the static engine's. Each row stops at its
 own stop tokens or token limit.
 
+An image is a fixed-resolution model's pixels or an any-resolution model's `TiledImage` (`data.vision_inputs`): an
+insert lays its prefixes' images out in fixed shapes (any-resolution: padded to the model's most crops and image
+tokens), so images of every size, whatever their image-token counts, share one compiled insert.
+
 With K adapters (`adapters`: K LoRA runs over this base) the slots split into K equal groups, group g serving
 requests of adapter g: a decode step runs every base matmul once for all groups (`models.adapters`), an insert
 runs one adapter's rows. On a mesh the slots split along data × fsdp; inserts and the finished rows' tokens are
@@ -28,17 +32,19 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax.buckets import bucket
-from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, decoder, forward, pick
+from vlguard_jax.data.vision_inputs import TiledImage, VisionInputs
+from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, check_image, decoder, forward, pick
 from vlguard_jax.generate.step import decode_step, layer_weights
 from vlguard_jax.models.adapters import count_adapters, select_adapter, stack_adapters
 from vlguard_jax.models.llama import KVCache, LlamaForCausalLM
+from vlguard_jax.models.tiles import images_of
 from vlguard_jax.parallel import check_rows, constrain, place_replicated
 
 
 @dataclasses.dataclass(frozen=True)
 class Request:
     prompt: np.ndarray
-    image: np.ndarray | None = None
+    image: np.ndarray | TiledImage | None = None  # `VisionInputs.encode`'s, for the model's kind of images
     image_key: Hashable | None = None  # requests with one key show one image: it is encoded and prefilled once
     max_new_tokens: int | None = None  # default: the sampling config's (and never more)
     stop_ids: Sequence[int] | None = None  # default: the engine's
@@ -101,7 +107,7 @@ class Engine:
         self.graphdef, self.state = nnx.split(model)
         text_only = isinstance(model, LlamaForCausalLM) or model.config.vision is None
         self.image_token_id = None if text_only else model.config.image_token_id
-        self.image_size = None if text_only else model.config.vision.image_size
+        self.vision = None if text_only else VisionInputs.of(model.config)
         self.text_config = decoder(model).config
         self.cache_dtype = decoder(model).model.dtype
         self.pad_id = pad_id
@@ -159,8 +165,7 @@ class Engine:
                     yield index, out[slot, : count[slot]]
 
     def _check(self, index: int, request: Request) -> int:
-        if request.image is not None and self.image_token_id is None:
-            raise ValueError(f"request {index}: a text-only model takes no images")
+        check_image(self.vision, request.prompt, request.image, self.image_token_id, f"request {index}")
         if not 0 <= request.adapter < self.groups:
             raise ValueError(f"request {index}: adapter {request.adapter} is not one of the engine's {self.groups}")
         if len(request.prompt) == 0:
@@ -218,7 +223,7 @@ class Engine:
                               geometry)
         function = self._function(("insert", geometry, rows, _pow2(len(distinct)), sampling),
                                   lambda: self._insert_fn(geometry, sampling), donate_argnums=(2,))
-        placed = {k: None if v is None else place_replicated(v, self.mesh) for k, v in host.items()}
+        placed = jax.tree.map(lambda v: place_replicated(v, self.mesh), host)
         self.stats.update(inserts=1, rows_inserted=len(requests), prefixes_prefilled=len(distinct))
         with self._on_mesh():
             return function(self.state, self.adapters, slots, np.int32(group), placed)
@@ -243,7 +248,7 @@ class Engine:
             if P:
                 positions = jnp.maximum(jnp.cumsum(x["prefix_mask"], axis=1) - 1, 0)
                 cache = KVCache.zeros(cfg, x["prefix_ids"].shape[0], P, self.cache_dtype)
-                _, cache = forward(model, x["prefix_ids"], x["pixels"], x["prefix_mask"], positions, cache, 0)
+                _, cache = forward(model, x["prefix_ids"], x["images"], x["prefix_mask"], positions, cache, 0)
                 of = x["prefix_of"]
                 row_cache = KVCache(*(c.at[:, :, :, :P].set(p[:, of]) for c, p in zip(row_cache, cache)))
                 row_mask = x["prefix_mask"][of]
@@ -322,25 +327,25 @@ def _group_size(queue: collections.deque, keys: list) -> int:
 
 def _insert_arrays(engine: Engine, requests, splits, keys, distinct, limits, free, rows, prefixes,
                    geometry: Geometry) -> dict:
-    """Host arrays of one insert: distinct prefixes and every row's suffix, left-padded; fillers up to the
-    powers of two (fillers' slot index is past the last slot: dropped)."""
+    """Host arrays of one insert: distinct prefixes with their images (the model's image input, zeros where a
+    prefix has none) and every row's suffix, left-padded; fillers up to the powers of two (fillers' slot index is
+    past the last slot: dropped)."""
     P, Q = geometry.prefix, geometry.suffix
     x = {"prefix_ids": np.full((prefixes, P), engine.pad_id, np.int32), "prefix_mask": np.zeros((prefixes, P), bool),
-         "pixels": None, "suffix_ids": np.full((rows, Q), engine.pad_id, np.int32),
-         "suffix_mask": np.zeros((rows, Q), bool), "prefix_of": np.zeros(rows, np.int32),
-         "slot_of": np.full(rows, engine.slots, np.int32), "limit": np.ones(rows, np.int32),
-         "stops": np.full((rows, geometry.stops), -1, np.int32)}
+         "suffix_ids": np.full((rows, Q), engine.pad_id, np.int32), "suffix_mask": np.zeros((rows, Q), bool),
+         "prefix_of": np.zeros(rows, np.int32), "slot_of": np.full(rows, engine.slots, np.int32),
+         "limit": np.ones(rows, np.int32), "stops": np.full((rows, geometry.stops), -1, np.int32)}
     x["suffix_mask"][:, -1] = True  # fillers: one visible token keeps their attention defined
-    if engine.image_token_id is not None and P:
-        x["pixels"] = np.zeros((prefixes, 3, engine.image_size, engine.image_size), np.float32)
+    images = engine.vision.batch(prefixes) if engine.vision is not None and P else None
     first_row = {key: keys.index(key) for key in distinct}
     for p, key in enumerate(distinct):
         request, split = requests[first_row[key]], splits[first_row[key]]
         if split:
             x["prefix_ids"][p, P - split:] = request.prompt[:split]
             x["prefix_mask"][p, P - split:] = True
-        if x["pixels"] is not None and request.image is not None:
-            x["pixels"][p] = request.image
+        if images is not None and request.image is not None:
+            engine.vision.put(images, p, request.image)
+    x["images"] = None if images is None else images_of(images)
     for row, (request, split, key, limit) in enumerate(zip(requests, splits, keys, limits)):
         suffix = request.prompt[split:]
         x["suffix_ids"][row, Q - len(suffix):] = suffix

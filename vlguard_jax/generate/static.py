@@ -12,7 +12,9 @@ On a mesh the weights stay sharded as the model holds them (fsdp / tensor), the 
 the devices' rows from it; the generated tokens come back replicated, so every process (one of which writes)
 sees all rows.
 
-A text-only decoder (`LlamaForCausalLM`, from `load_language_model`) runs the same way, with every image None.
+A text-only decoder (`LlamaForCausalLM`, from `load_language_model`) runs the same way, with every image None. An
+any-resolution model's images (`TiledImage`s) are laid out in `data.vision_inputs`' fixed shapes: one compile
+serves images of every size.
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax.buckets import bucket
-from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, decoder, forward, pick
+from vlguard_jax.data.vision_inputs import TiledImage, VisionInputs
+from vlguard_jax.generate.sampling import PROMPT_BUCKETS, SamplingConfig, check_image, decoder, forward, pick
 from vlguard_jax.generate.step import decode_step, layer_weights
 from vlguard_jax.models.llama import KVCache, LlamaForCausalLM
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
+from vlguard_jax.models.tiles import images_of
 from vlguard_jax.parallel import check_rows, place_rows
 
 
-def _decode(graphdef, state, input_ids, attention_mask, pixel_values, limits, stop_ids, key, *,
+def _decode(graphdef, state, input_ids, attention_mask, images, limits, stop_ids, key, *,
             sampling: SamplingConfig, pad_id: int, cache_dtype):
     """`limits`: each row's most new tokens (≤ `sampling.max_new_tokens`)."""
     model = nnx.merge(graphdef, state)
@@ -44,7 +48,7 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, limits, st
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
     cache = KVCache.zeros(decoder(model).config, batch, total, cache_dtype)
     cache_mask = jnp.zeros((batch, total), bool).at[:, :prompt_len].set(attention_mask.astype(bool))
-    logits, cache = forward(model, input_ids, pixel_values, cache_mask, positions, cache, 0)
+    logits, cache = forward(model, input_ids, images, cache_mask, positions, cache, 0)
     key, sub = jax.random.split(key)
     token = pick(logits[:, -1], sub, 0, stop_ids, sampling)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
@@ -70,10 +74,10 @@ def _decode(graphdef, state, input_ids, attention_mask, pixel_values, limits, st
     return jax.lax.while_loop(cond, body, carry)[6]
 
 
-def _next_token_log_probs(graphdef, state, input_ids, attention_mask, pixel_values):
+def _next_token_log_probs(graphdef, state, input_ids, attention_mask, images):
     model = nnx.merge(graphdef, state)
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-    logits = forward(model, input_ids, pixel_values, attention_mask, positions)
+    logits = forward(model, input_ids, images, attention_mask, positions)
     return jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1)
 
 
@@ -91,6 +95,7 @@ class Generator:
         self.graphdef, self.state = nnx.split(model)
         self.text_only = isinstance(model, LlamaForCausalLM) or model.config.vision is None
         self.config = model.config
+        self.vision = None if self.text_only else VisionInputs.of(model.config)
         self.pad_id = pad_id
         self.stop_ids = jnp.asarray(list(stop_ids), jnp.int32)
         self.batch_size = batch_size
@@ -112,33 +117,33 @@ class Generator:
             self._compiled[key] = jax.jit(count_and_decode, out_shardings=self._replicated())
         return self._compiled[key]
 
-    def _batch(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | None]) -> list[jax.Array]:
-        """ids, mask and pixels (None for a text-only model) of the prompts left-padded to their bucket, filler rows
-        up to the batch size, placed on the mesh from a host copy every process holds (each device takes its rows)."""
+    def _batch(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | TiledImage | None]) -> list:
+        """ids, mask and the images (None for a text-only model) of the prompts left-padded to their bucket, filler
+        rows up to the batch size, placed on the mesh from a host copy every process holds (each device takes its
+        rows)."""
         if len(prompts) > self.batch_size:
             raise ValueError(f"{len(prompts)} prompts exceed the generator's batch size {self.batch_size}")
-        if self.text_only and any(image is not None for image in images):
-            raise ValueError("a text-only model takes no images: pass None for every prompt's image")
+        for row, (prompt, image) in enumerate(zip(prompts, images)):
+            check_image(self.vision, prompt, image, None if self.text_only else self.config.image_token_id,
+                        f"prompt {row}")
         length = bucket(max(len(p) for p in prompts), self.buckets)
         ids = np.full((self.batch_size, length), self.pad_id, np.int32)
         mask = np.zeros((self.batch_size, length), bool)
-        pixels = None
-        if not self.text_only:
-            size = self.config.vision.image_size
-            pixels = np.zeros((self.batch_size, 3, size, size), np.float32)
+        arrays = None if self.text_only else self.vision.batch(self.batch_size)
         for row, (prompt, image) in enumerate(zip(prompts, images)):
             ids[row, length - len(prompt):] = prompt
             mask[row, length - len(prompt):] = True
             if image is not None:
-                pixels[row] = image
+                self.vision.put(arrays, row, image)
         mask[len(prompts):, -1] = True  # filler rows: one visible token keeps their attention well defined
-        return [None if a is None else place_rows(a, self.mesh) for a in (ids, mask, pixels)]
+        place = lambda a: place_rows(a, self.mesh)
+        return [place(ids), place(mask), None if arrays is None else jax.tree.map(place, images_of(arrays))]
 
     def _run(self, function, *args) -> np.ndarray:
         with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):
             return np.asarray(function(self.graphdef, self.state, *args))
 
-    def generate(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | None],
+    def generate(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | TiledImage | None],
                  sampling: SamplingConfig = SamplingConfig(),
                  max_new_tokens: Sequence[int] | None = None) -> list[np.ndarray]:
         """Token ids of each prompt's continuation, up to and including its stop token. `max_new_tokens`: each
@@ -155,7 +160,8 @@ class Generator:
             results.append(tokens[: stops[0] + 1] if len(stops) else tokens)
         return results
 
-    def next_token_log_probs(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | None]) -> np.ndarray:
+    def next_token_log_probs(self, prompts: Sequence[np.ndarray], images: Sequence[np.ndarray | TiledImage | None]
+                             ) -> np.ndarray:
         """fp32 log-probabilities `[len(prompts), vocab]` of the token after each prompt (one prefill)."""
         if self._log_probs is None:
             self._log_probs = jax.jit(_next_token_log_probs, out_shardings=self._replicated())
