@@ -37,13 +37,17 @@ def build_next(seed: int = 0, sliding_window: int | None = 6) -> LlavaNextForCon
     return scale_weights(LlavaNextForConditionalGeneration(config).eval())
 
 
+def onevision_config(image_token: int = IMAGE_TOKEN) -> LlavaOnevisionConfig:
+    """The tiny OneVision's transformers config (no weights: what the data pipeline needs of the model)."""
+    return LlavaOnevisionConfig(vision_config=SiglipVisionConfig(**VISION, vision_use_head=False),
+                                text_config=Qwen2Config(**TEXT, rope_theta=1e6, tie_word_embeddings=True),
+                                image_token_index=image_token, image_grid_pinpoints=PINPOINTS,
+                                vision_aspect_ratio=ASPECT, tie_word_embeddings=True)
+
+
 def build_onevision(seed: int = 0) -> LlavaOnevisionForConditionalGeneration:
     torch.manual_seed(seed)
-    config = LlavaOnevisionConfig(vision_config=SiglipVisionConfig(**VISION, vision_use_head=False),
-                                  text_config=Qwen2Config(**TEXT, rope_theta=1e6, tie_word_embeddings=True),
-                                  image_token_index=IMAGE_TOKEN, image_grid_pinpoints=PINPOINTS,
-                                  vision_aspect_ratio=ASPECT, tie_word_embeddings=True)
-    return scale_weights(LlavaOnevisionForConditionalGeneration(config).eval())
+    return scale_weights(LlavaOnevisionForConditionalGeneration(onevision_config()).eval())
 
 
 BUILDERS = {"llava_next": build_next, "llava_onevision": build_onevision}

@@ -53,3 +53,25 @@ def test_data_check_reads_either_side_of_a_preference_file(tmp_path, capsys):
             "b": "chosen and rejected are the same answer", "line 4": "line 4 is not valid JSON (Expecting value at "
                                                                       "column 1)"}
     assert reports["rejected"]["token_length"]["max"] > reports["chosen"]["token_length"]["max"]
+
+
+def test_data_check_counts_an_any_resolution_models_train_step_shapes(tmp_path, capsys):
+    """`--model` (a checkpoint's config.json) gives each image its own token count, from its size under --images;
+    the report says how many train-step shapes a run compiles, never more than its buckets."""
+    from test_anyres_pipeline import MAX_LENGTH, model, tokenizer, write_dataset
+
+    paths = write_dataset(tmp_path / "data")
+    tokenizer().save_pretrained(tmp_path / "tok")
+    checkpoint = tmp_path / "onevision"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps(model().to_hf()))
+    out = tmp_path / "report.json"
+    common = ["data", "check", "--format", "vlguard", "--json", str(paths["safety"]), "--tokenizer",
+              str(tmp_path / "tok"), "--template", "qwen", "--max-length", str(MAX_LENGTH), "--model", str(checkpoint)]
+    assert main([*common, "--images", str(paths["images"]), "--buckets", "64,80,96", "--global-batch-size", "2",
+                 "--epochs", "3", "--out", str(out)]) == 0
+    shapes = json.loads(out.read_text())["train_step_shapes"]
+    assert 1 <= shapes["count"] <= shapes["upper_bound"] <= 3 and shapes["buckets"] == [64, 80, 96]
+    assert f"train-step shapes: {shapes['count']} (exactly, for a run on these 12 samples" in capsys.readouterr().out
+    assert main(common) == 2  # no --images: the counts cannot be known
+    assert "give --images" in capsys.readouterr().err

@@ -14,6 +14,7 @@ shortest edge to 336 makes 336×336N.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -22,7 +23,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -148,6 +149,20 @@ class ImageSource:
         data = self._read_zip(relpath) if self.is_zip else self._read_file(relpath)
         return self._decode(relpath, data)
 
+    def size(self, relpath: str) -> tuple[int, int]:
+        """(height, width) of the image at `relpath` from its header alone (no pixel is decoded, an archive member
+        is inflated only as far as its header): what an any-resolution model's token count needs. Raises
+        ImageError as `load` does for a path, file, member or header that `load` would refuse."""
+        self._check_relative(relpath)
+        try:
+            stream = self._archive().open(self._member(relpath)) if self.is_zip else self._file(relpath).open("rb")
+            with stream, self._opened(relpath, stream) as image:
+                return image.height, image.width
+        except FileNotFoundError:
+            raise self._error(relpath, "file not found") from None
+        except _ARCHIVE_ERRORS as e:  # PIL's own errors are ImageErrors already; what is left failed reading
+            raise self._error(relpath, f"cannot read {'archive member' if self.is_zip else 'file'} ({e})") from e
+
     def missing(self, relpaths: Iterable[str]) -> list[str]:
         """Those of `relpaths` that `load` would not find, in order, from the archive's index or one listing per
         folder: no image is opened, so hundreds of thousands take seconds, not the minutes a decode would."""
@@ -198,10 +213,14 @@ class ImageSource:
     def _error(self, relpath: str, reason: str) -> ImageError:
         return ImageError(f"image {relpath!r} under {self.root}: {reason}")
 
-    def _read_file(self, relpath: str) -> bytes:
+    def _file(self, relpath: str) -> Path:
         path = (self.root / relpath).resolve()
         if not path.is_relative_to(self.root):
             raise self._error(relpath, f"resolves to {path}, outside the image root (symlink?)")
+        return path
+
+    def _read_file(self, relpath: str) -> bytes:
+        path = self._file(relpath)
         try:
             return path.read_bytes()
         except FileNotFoundError:
@@ -209,7 +228,8 @@ class ImageSource:
         except OSError as e:
             raise self._error(relpath, f"cannot read file ({e})") from e
 
-    def _read_zip(self, relpath: str) -> bytes:
+    def _member(self, relpath: str) -> zipfile.ZipInfo:
+        """The archive member of `relpath`, refused when it would inflate to more than `max_member_bytes`."""
         archive = self._archive()
         name = str(PurePosixPath(relpath))  # "a//b" and "./a" name the member "a/b" and "a"
         for member in (name, self._prefix + name) if self._prefix else (name,):
@@ -221,11 +241,15 @@ class ImageSource:
                 raise self._error(relpath, f"archive member {member!r} is {info.file_size} bytes uncompressed, more "
                                            f"than max_member_bytes={self.max_member_bytes}; raise it "
                                            f"(ImageSource(max_member_bytes=...)) to read it")
-            try:
-                return archive.read(info)
-            except _ARCHIVE_ERRORS as e:
-                raise self._error(relpath, f"cannot read archive member {member!r} ({e})") from e
+            return info
         raise self._error(relpath, "not found in the archive")
+
+    def _read_zip(self, relpath: str) -> bytes:
+        info = self._member(relpath)
+        try:
+            return self._archive().read(info)
+        except _ARCHIVE_ERRORS as e:
+            raise self._error(relpath, f"cannot read archive member {info.filename!r} ({e})") from e
 
     def _archive(self) -> zipfile.ZipFile:
         """This process's zip handle; a forked child must not share its parent's file offset."""
@@ -237,25 +261,34 @@ class ImageSource:
         return self._zip
 
     def _decode(self, relpath: str, data: bytes) -> Image.Image:
+        with self._opened(relpath, io.BytesIO(data)) as image:
+            try:
+                image.load()
+                rgb = image.convert("RGB")
+            except _DECODE_ERRORS as e:
+                raise self._error(relpath, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+            # A transparent colour survives convert() in `info`; LLaVA's processor (transformers 4.31)
+            # ignores it on an RGB image, transformers 5 and `to_rgb` would composite it onto white.
+            rgb.info.pop("transparency", None)
+            return rgb
+
+    @contextlib.contextmanager
+    def _opened(self, relpath: str, stream: BinaryIO) -> Iterator[Image.Image]:
+        """The image in `stream` with its header read and no pixel decoded, refused (ImageError) when its header is
+        unreadable or announces more than `max_pixels` pixels."""
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as image:
-                    if image.width * image.height > self.max_pixels:  # header only: no pixels decoded yet
-                        raise self._error(relpath, f"decompression bomb: {image.width}x{image.height} pixels is "
-                                                   f"more than max_pixels={self.max_pixels}")
-                    image.load()
-                    rgb = image.convert("RGB")
-                    # A transparent colour survives convert() in `info`; LLaVA's processor (transformers 4.31)
-                    # ignores it on an RGB image, transformers 5 and `to_rgb` would composite it onto white.
-                    rgb.info.pop("transparency", None)
-                    return rgb
-        except ImageError:
-            raise
+                image = Image.open(stream)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise self._error(relpath, f"decompression bomb ({e})") from e
         except _DECODE_ERRORS as e:
             raise self._error(relpath, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+        with image:
+            if image.width * image.height > self.max_pixels:
+                raise self._error(relpath, f"decompression bomb: {image.width}x{image.height} pixels is more than "
+                                           f"max_pixels={self.max_pixels}")
+            yield image
 
 
 def _single_top_folder(names: list[str]) -> str:

@@ -6,7 +6,10 @@
 2. Indices are shuffled per epoch by seed (Grain), cut into *global* batches, and each host takes its slice:
    hosts see disjoint shards whose union is the epoch. The padded length is the smallest bucket that fits the
    longest sample of the global batch, so every host pads alike and the step compiles once per bucket.
-3. Worker processes load and preprocess images, each from its data part's root. An image that fails to load at
+3. Worker processes load and preprocess images, each from its data part's root, into the model's fixed-shape image
+   arrays (`VisionInputs`: `pixel_values`, and an any-resolution model's `image_index` / `image_weight`, padded to
+   its most crops and tokens), so a batch's shapes follow its length bucket alone. An any-resolution sample's
+   `<image>` expands to its image's own token count (`Samples.image_tokens`). An image that fails to load at
    this point does not stop the epoch: its row keeps its shape, carries no loss, and is marked in the batch's
    `image_failed` with the reason in `image_error`; the training loop counts them against
    data.max_image_failures.
@@ -31,6 +34,7 @@ from vlguard_jax.data.image_check import images_of
 from vlguard_jax.data.images import ImageConfig, ImageError, ImageSource
 from vlguard_jax.data.sources import DataError
 from vlguard_jax.data.store import Samples
+from vlguard_jax.data.vision_inputs import VisionInputs
 
 log = logging.getLogger(__name__)
 ImageRoots = ImageSource | Sequence[ImageSource | None] | None  # one root, or one per store of the samples
@@ -50,7 +54,8 @@ class PipelineConfig:
     # host's memory without end behind a slow step (a 336-px batch of 128 is 175 MB) and, on 2 cores, took 18 s to
     # the first batch that alone takes 1.6 s; 4 matched its steady throughput.
     read_ahead: int = 4
-    image: ImageConfig = ImageConfig()
+    vision: VisionInputs | None = None  # the model's image inputs (a run's); None: `image` below
+    image: ImageConfig = ImageConfig()  # without `vision`: `[3, size, size]` pixels of `chat.num_image_tokens` tokens
 
 
 class HostBatch:
@@ -65,7 +70,7 @@ class HostBatch:
                  reference_logps: np.ndarray | None = None):
         self.samples, self.images, self.config, self.rejected = samples, images, config, rejected
         self.reference_logps = reference_logps
-        self.image_token_id, self.num_image_tokens = chat.image_token_id, chat.num_image_tokens
+        self.has_images = chat.num_image_tokens != 0  # a text-only model's batches carry no pixels
         self.pad_id = chat.tokenizer.pad_token_id or 0
         self.expand = chat.expand
         self.host_slice = slice(process_index * config.global_batch_size // process_count,
@@ -74,7 +79,6 @@ class HostBatch:
     def __call__(self, global_indices: np.ndarray) -> dict[str, np.ndarray]:
         length = bucket(int(self.samples.lengths[global_indices].max()), self.config.buckets, "a sample")
         indices = np.asarray(global_indices)[self.host_slice]
-        size = self.config.image.size
         sides = (len(indices),) if self.rejected is None else (len(indices), 2)
         batch = {
             "input_ids": np.full((*sides, length), self.pad_id, np.int32),
@@ -86,21 +90,22 @@ class HostBatch:
         if self.reference_logps is not None:
             batch["reference_logps"] = self.reference_logps[indices]
         errors = [""] * len(indices)
-        if self.num_image_tokens:  # a text-only model's batches carry no pixels
-            batch["pixel_values"] = np.zeros((len(indices), 3, size, size), np.float32)
-        for row, i in enumerate(indices):  # row b's image sits in pixel_values[b] (the model's `row_images`)
+        if self.has_images:
+            batch.update(self._empty_images(len(indices)))
+        for row, i in enumerate(indices):  # row b's image sits in row b of the image arrays (the model's `row_images`)
             sample = self.samples[i]
+            tokens = None if self.samples.image_tokens is None else int(self.samples.image_tokens[i])
             if self.rejected is None:
-                self._write(batch, row, sample)
+                self._write(batch, row, sample, tokens)
             else:
-                self._write(batch, (row, 0), sample)
-                self._write(batch, (row, 1), self.rejected[i])
+                self._write(batch, (row, 0), sample, tokens)
+                self._write(batch, (row, 1), self.rejected[i], tokens)
             if sample["image"] is None:
                 continue
             try:
                 source = (self.images if isinstance(self.images, ImageSource)
                           else self.images[self.samples.store_index[i]])
-                batch["pixel_values"][row] = source.pixels(sample["image"], self.config.image)
+                self._put_image(batch, row, source, sample["image"], tokens)
             except ImageError as e:
                 log.warning("sample %s: %s (its row carries no loss)", sample["id"], e)
                 batch["labels"][row] = IGNORE
@@ -109,12 +114,35 @@ class HostBatch:
         batch["image_error"] = np.array(errors)
         return batch
 
-    def _write(self, batch: dict, at, sample: dict) -> None:
-        encoded = self.expand(sample["encoded"])
+    def _write(self, batch: dict, at, sample: dict, image_tokens: int | None) -> None:
+        encoded = self.expand(sample["encoded"], image_tokens=image_tokens)
         n = len(encoded.input_ids)
         batch["input_ids"][at][:n] = encoded.input_ids
         batch["labels"][at][:n] = encoded.labels
         batch["attention_mask"][at][:n] = True
+
+    def _empty_images(self, rows: int) -> dict[str, np.ndarray]:
+        vision, size = self.config.vision, self.config.image.size
+        return vision.batch(rows) if vision else {"pixel_values": np.zeros((rows, 3, size, size), np.float32)}
+
+    def _put_image(self, batch: dict, row: int, source: ImageSource, path: str, tokens: int | None) -> None:
+        """Row `row`'s image, preprocessed for the model; an ImageError (naming the image) when it cannot be, or
+        when an any-resolution image no longer has the `tokens` its sample's length counted."""
+        vision = self.config.vision
+        if vision is None or not vision.tiled:
+            batch["pixel_values"][row] = source.pixels(path, vision.image if vision else self.config.image)
+            return
+        image = source.load(path)
+        try:
+            encoded = vision.encode(image, source.max_pixels)
+        except ImageError as e:
+            raise ImageError(f"image {path!r} under {source.root}: {e}") from None
+        if len(encoded.index) != tokens:
+            raise ImageError(f"image {path!r} under {source.root}: {image.width}x{image.height} pixels make "
+                             f"{len(encoded.index)} image tokens, but its sample's length counted {tokens}: the "
+                             f"image changed since its size was read (delete the store's image-sizes-*.npy files "
+                             f"to read the sizes again)")
+        vision.put(batch, row, encoded)
 
 
 def build_pipeline(samples: Samples, chat: ChatTokenizer, images: ImageRoots,
@@ -128,14 +156,18 @@ def build_pipeline(samples: Samples, chat: ChatTokenizer, images: ImageRoots,
         raise ValueError(f"global batch {config.global_batch_size} does not divide over {process_count} hosts")
     if chat.max_length > max(config.buckets):
         raise ValueError(f"max_length {chat.max_length} exceeds the largest bucket {max(config.buckets)}")
-    _check_roots(samples, images)
+    tiled = config.vision is not None and config.vision.tiled
+    if tiled != (chat.num_image_tokens is None):
+        raise ValueError(f"the chat's num_image_tokens={chat.num_image_tokens} does not suit the model's images "
+                         f"(an any-resolution model's is None: each image has its own count)")
+    if tiled and samples.image_tokens is None:
+        raise ValueError("an any-resolution model's samples need each image's token count in their lengths "
+                         "(data.image_sizes.with_image_tokens)")
+    check_roots(samples, images)
     if len(samples) < config.global_batch_size:
         raise DataError(f"{len(samples)} samples do not fill one global batch of {config.global_batch_size}")
     read = grain.ReadOptions(num_threads=config.read_ahead, prefetch_buffer_size=config.read_ahead)
-    dataset = (grain.MapDataset.range(len(samples))
-               .shuffle(seed=config.seed)
-               .repeat(config.num_epochs)
-               .batch(config.global_batch_size, drop_remainder=True)[start:]
+    dataset = (global_batches(len(samples), config)[start:]
                .map(HostBatch(samples, chat, images, config, process_index, process_count, rejected,
                               reference_logps))
                .to_iter_dataset(read))
@@ -146,7 +178,24 @@ def build_pipeline(samples: Samples, chat: ChatTokenizer, images: ImageRoots,
     return dataset
 
 
-def _check_roots(samples: Samples, images: ImageRoots) -> None:
+def global_batches(count: int, config: PipelineConfig) -> grain.MapDataset:
+    """The sample indices of each global batch of a run over `count` samples: `num_epochs` epochs shuffled by
+    `seed`, the last partial batch of the whole run dropped."""
+    return (grain.MapDataset.range(count)
+            .shuffle(seed=config.seed)
+            .repeat(config.num_epochs)
+            .batch(config.global_batch_size, drop_remainder=True))
+
+
+def batch_lengths(lengths: np.ndarray, config: PipelineConfig) -> list[int]:
+    """The padded length of each global batch of a run over samples of `lengths` (each at most the largest bucket):
+    its distinct values are the train-step shapes the run compiles."""
+    return [bucket(int(lengths[indices].max()), config.buckets, "a sample")
+            for indices in global_batches(len(lengths), config)]
+
+
+def check_roots(samples: Samples, images: ImageRoots) -> None:
+    """Refuses samples with images whose store has no image root."""
     if isinstance(images, ImageSource):
         return
     roots = images or [None] * len(samples.stores)

@@ -23,9 +23,11 @@ from vlguard_jax.config import DataConfig
 from vlguard_jax.data import exclusion, mixture, synthetic
 from vlguard_jax.data.chat import ChatTokenizer
 from vlguard_jax.data.image_check import check_images
+from vlguard_jax.data.image_sizes import with_image_tokens
 from vlguard_jax.data.images import ImageError, ImageSource
 from vlguard_jax.data.sources import DataError, Skip, check_skip_fraction
 from vlguard_jax.data.store import Samples, SourceFile, open_stores
+from vlguard_jax.data.vision_inputs import VisionInputs
 
 MIXTURES = ("posthoc", "mixed", "safety", "helpful", "harmful_finetune", "preference")
 POOLS = {"safety": "safety", "helpful": "helpful", "instruction": "helpful", "task": "task", "poison": "poison",
@@ -78,9 +80,11 @@ def synthetic_dataset(config: DataConfig, workdir: storage.PathLike) -> dict[str
 
 
 def training_data(config: DataConfig, workdir: Path, chat: ChatTokenizer, primary: bool = True,
-                  barrier: Callable[[str], None] = lambda name: None) -> TrainingData:
+                  barrier: Callable[[str], None] = lambda name: None,
+                  vision: VisionInputs | None = None) -> TrainingData:
     """The run's samples; replays WORKDIR/mixture.json when present. The `primary` process writes it and builds
-    missing stores while the others wait at `barrier` (see `store.open_stores`)."""
+    missing stores while the others wait at `barrier` (see `store.open_stores`). An any-resolution model's `vision`
+    counts each image's own tokens in its sample's length (`data.image_sizes`)."""
     if config.mixture not in MIXTURES:
         raise DataError(f"data.mixture must be one of {', '.join(MIXTURES)}, got {config.mixture!r}")
     formats, paths, image_roots = _sources(config, workdir)
@@ -121,19 +125,24 @@ def training_data(config: DataConfig, workdir: Path, chat: ChatTokenizer, primar
         if primary:
             mix.write_manifest(manifest_path)
     if config.mixture == "preference":
-        return _pairs(config, mix, stores, roots)
+        return _pairs(config, mix, stores, roots, chat, vision)
     samples, sample_skips = Samples.select([(stores[POOLS[part]], ids) for part, ids in mix.manifest["parts"].items()
                                             if ids])
     parts = [next(name for name, store in stores.items() if store is known) for known in samples.stores]
     images = [roots[name] for name in parts]
     check_images(samples, images, parts, config.max_missing_images)
+    if vision is not None and vision.tiled:
+        samples, _, too_long = with_image_tokens(samples, images, vision, chat.max_length)
+        sample_skips += too_long
     skips = [s for store in stores.values() for s in store.reader_skips]
     return TrainingData(mix, samples, images, skips, sample_skips)
 
 
-def _pairs(config: DataConfig, mix: mixture.Mixture, stores: dict, roots: dict) -> TrainingData:
+def _pairs(config: DataConfig, mix: mixture.Mixture, stores: dict, roots: dict, chat: ChatTokenizer,
+           vision: VisionInputs | None) -> TrainingData:
     """The mixture's pairs as two aligned `Samples`; a pair either side of which the tokenizer refused is skipped
-    whole, with that side's reason."""
+    whole, with that side's reason (as is one too long with its image's tokens, or whose image's size cannot be
+    read)."""
     chosen, rejected = stores["chosen"], stores["rejected"]
     refused = {}
     for side, store in (("rejected", rejected), ("chosen", chosen)):
@@ -149,6 +158,10 @@ def _pairs(config: DataConfig, mix: mixture.Mixture, stores: dict, roots: dict) 
     check_images(samples, images, ["preference"], config.max_missing_images)
     skips = list(chosen.reader_skips)  # the rejected side's reader skipped the same records
     sample_skips = [Skip(i, refused[i]) for i in ids if i in refused]
+    if vision is not None and vision.tiled:
+        samples, rejected_samples, too_long = with_image_tokens(samples, images, vision, chat.max_length,
+                                                                rejected_samples)
+        sample_skips += too_long
     return TrainingData(mix, samples, images, skips, sample_skips, rejected_samples)
 
 

@@ -3,7 +3,8 @@
 A store holds every record of one source file as `ChatTokenizer.encode(expand_image=False)` tokenizes it, one row
 per parsed conversation, in file order: id, image path, source name, harm category (`category/subcategory` of a
 VLGuard unsafe image, else empty: what `data.safety_exclude_categories` removes without parsing again), input ids and
-labels (one image token per image), length after image expansion and, for a sample that cannot be trained on, the
+labels (one image token per image), length after image expansion (an any-resolution model's image counts one token
+here: its own count follows its size, `data.image_sizes`) and, for a sample that cannot be trained on, the
 `SampleError` reason (its tokens empty). The reader's skipped records and renamed duplicates sit in meta.json. The
 rows are an Arrow file opened as a `datasets.Dataset`, memory-mapped: 665k samples cost the pages a batch touches,
 not a gigabyte of Python objects, and a mixture picks its rows by id (`Samples.select`).
@@ -155,7 +156,7 @@ def _encode_batch(chat: ChatTokenizer, conversations: Sequence[Conversation]) ->
             encoded.append(Encoded(np.zeros(0, np.int32), np.zeros(0, np.int32)))
             skips.append(str(e))
     offsets = np.cumsum([0] + [len(e.input_ids) for e in encoded], dtype=np.int32)
-    lengths = [0 if skip else len(e.input_ids) + (chat.num_image_tokens - 1) * (c.image is not None)
+    lengths = [0 if skip else len(e.input_ids) + ((chat.num_image_tokens or 1) - 1) * (c.image is not None)
                for c, e, skip in zip(conversations, encoded, skips)]
     return pa.RecordBatch.from_arrays([
         pa.array([c.id for c in conversations], pa.string()),
@@ -234,12 +235,26 @@ class Samples:
     store_index: np.ndarray  # int32 [n]: which store
     rows: np.ndarray  # int64 [n]: which row of it
     lengths: np.ndarray  # int32 [n], after image expansion
+    image_tokens: np.ndarray | None = None  # int32 [n]: an any-resolution model's image tokens per sample (0: no
+    # image), counted in `lengths`; None: every image has the chat's `num_image_tokens`
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
         return self.stores[self.store_index[i]].row(int(self.rows[i]))
+
+    def count_images(self, image_tokens: np.ndarray) -> Samples:
+        """These samples with each image counted as its own `image_tokens` (int [n], 0: no image) in place of the
+        one token the store counts (an any-resolution model's: `data.image_sizes.with_image_tokens`)."""
+        image_tokens = np.asarray(image_tokens, np.int32)
+        return dataclasses.replace(self, lengths=(self.lengths + np.maximum(image_tokens - 1, 0)).astype(np.int32),
+                                   image_tokens=image_tokens)
+
+    def subset(self, kept: np.ndarray) -> Samples:
+        """The samples at indices `kept`, in that order."""
+        return Samples(self.stores, self.store_index[kept], self.rows[kept], self.lengths[kept],
+                       None if self.image_tokens is None else self.image_tokens[kept])
 
     @classmethod
     def select(cls, parts: Sequence[tuple[Store, Sequence[str]]]) -> tuple[Samples, list[Skip]]:

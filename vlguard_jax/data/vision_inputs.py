@@ -86,9 +86,10 @@ class VisionInputs:
         batch["image_index"][row, :len(encoded.index)] = encoded.index
         batch["image_weight"][row, :len(encoded.weight)] = encoded.weight
 
-    def stack(self, encoded: list[np.ndarray | TiledImage]) -> dict[str, np.ndarray]:
-        """A batch of these images, row i image i."""
+    def stack(self, encoded: list[np.ndarray | TiledImage | None]) -> dict[str, np.ndarray]:
+        """A batch of these images, row i image i (None: a row without one)."""
         batch = self.batch(len(encoded))
         for row, image in enumerate(encoded):
-            self.put(batch, row, image)
+            if image is not None:
+                self.put(batch, row, image)
         return batch

@@ -21,10 +21,10 @@ from jax.experimental import multihost_utils
 from vlguard_jax import storage
 from vlguard_jax.config import Config, ConfigError, dump_config, to_dict
 from vlguard_jax.data.chat import ChatTokenizer
-from vlguard_jax.data.images import ImageConfig
 from vlguard_jax.data.pipeline import PipelineConfig, build_pipeline, steps_per_epoch
 from vlguard_jax.data.recipes import TrainingData, synthetic_dataset, training_data
 from vlguard_jax.data.store import Samples
+from vlguard_jax.data.vision_inputs import TILED_KEYS, VisionInputs
 from vlguard_jax.data.vlguard_pairs import ensure_pairs
 from vlguard_jax.parallel import place_replicated
 from vlguard_jax.train import TrainingError
@@ -77,15 +77,16 @@ def _train(config: Config, workdir: storage.Path, mesh, stop: Preemption, progre
         llava.check_template(config.data.template)
     except ValueError as e:
         raise ConfigError(f"data.template: {e}") from None
-    chat = ChatTokenizer(tokenizer, config.data.template, llava.num_image_tokens, config.data.max_length,
-                         config.data.truncation)
+    vision = VisionInputs.of(llava, config.data.image_mode) if llava.vision else None
+    chat = ChatTokenizer(tokenizer, config.data.template, None if llava.anyres else llava.num_image_tokens,
+                         config.data.max_length, config.data.truncation)  # any resolution: each image its own count
     record_tokenization(chat, workdir, primary)
     readable = ensure_pairs(config, workdir, primary)  # VLGuard as pairs: converted once (the run keeps `config`)
-    data = training_data(readable.data, workdir, chat, primary, multihost_utils.sync_global_devices)
+    data = training_data(readable.data, workdir, chat, primary, multihost_utils.sync_global_devices, vision)
     samples = training_samples(config, data, workdir, primary)
     checkpointer = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     start = checkpointer.latest_step() or 0
-    pipeline_config = pipeline_settings(config, llava)
+    pipeline_config = pipeline_settings(config, vision)
     total_steps = run_length(config, samples, pipeline_config)
     resumed_sft = start and config.train.objective == "sft"  # a preference run's reference needs the initial weights
     setup = build(config, mesh, values="frozen" if resumed_sft else "init", llava=llava, tokenizer=tokenizer,
@@ -169,11 +170,11 @@ def training_samples(config: Config, data: TrainingData, workdir: storage.Path, 
     return samples
 
 
-def pipeline_settings(config: Config, llava) -> PipelineConfig:
+def pipeline_settings(config: Config, vision: VisionInputs | None) -> PipelineConfig:
+    """`vision`: the model's image inputs (None: a text-only model)."""
     t = config.train
-    images = ImageConfig(size=llava.vision.image_size, mode=config.data.image_mode) if llava.vision else ImageConfig()
     return PipelineConfig(global_batch_size=t.global_batch_size, buckets=config.data.buckets, num_epochs=t.epochs,
-                          seed=config.data.seed, workers=config.data.workers, image=images)
+                          seed=config.data.seed, workers=config.data.workers, vision=vision)
 
 
 def run_length(config: Config, samples: Samples, pipeline_config: PipelineConfig) -> int:
@@ -248,7 +249,7 @@ def run_steps(config: Config, setup: RunSetup, state, iterator, checkpointer: Ch
     return step, preempted, counts.totals
 
 
-BATCH_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "reference_logps")
+BATCH_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", *TILED_KEYS, "reference_logps")  # `[rows, …]`
 SHOWN_FAILURES = 5  # rows whose image failed that the stop names
 
 

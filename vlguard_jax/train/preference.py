@@ -2,7 +2,8 @@
 pairs, as TRL's `DPOTrainer` computes them.
 
 A pair batch holds `input_ids`, `labels`, `attention_mask` of shape `[pairs, 2, len]` (side 0 the chosen answer,
-side 1 the rejected one, the prompt tokens masked in both) and one image per pair, `pixel_values[pairs]`. Both sides
+side 1 the rejected one, the prompt tokens masked in both) and one image per pair, `pixel_values[pairs]` (with
+`image_index` / `image_weight[pairs]` for an any-resolution model: `models.tiles.images_of`). Both sides
 go through one forward as `2 × pairs` rows, the pair's image encoded once and spliced into both. A sequence's
 log-probability is the sum over its supervised tokens (IPO: their mean, as TRL's `ipo` loss takes it). With
 `rpo_alpha` (RPO), each pair's loss adds α × its chosen answer's token-mean NLL (TRL averages that NLL over the
@@ -23,6 +24,7 @@ from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from vlguard_jax.models.lora import remove_adapters
+from vlguard_jax.models.tiles import images_of
 from vlguard_jax.train.step import COUNTS, LossSums, merge_params, row_cross_entropy_sums
 
 OBJECTIVES = ("sft", "dpo", "ipo")
@@ -76,7 +78,7 @@ def sequence_logps(model, batch: dict, key: jax.Array | None, loss_chunk: int, m
     """`[pairs, 2]` log-probabilities of each side's supervised tokens (summed, or their mean) and their counts."""
     pairs, sides, length = batch["input_ids"].shape
     rows = lambda x: x.reshape(pairs * sides, length)
-    hidden, _ = model.hidden_states(rows(batch["input_ids"]), batch.get("pixel_values"), rows(batch["attention_mask"]),
+    hidden, _ = model.hidden_states(rows(batch["input_ids"]), images_of(batch), rows(batch["attention_mask"]),
                                     dropout_key=key, row_images=True, rows_per_image=sides, padding="right")
     nll, count = row_cross_entropy_sums(hidden, rows(batch["labels"]), model.language_model.logits, loss_chunk)
     logps = -nll / jnp.maximum(count, 1) if mean else -nll

@@ -20,11 +20,12 @@ from vlguard_jax import storage
 from vlguard_jax.config import ConfigError
 from vlguard_jax.data.pipeline import HostBatch, PipelineConfig
 from vlguard_jax.data.recipes import TrainingData
+from vlguard_jax.data.vision_inputs import TILED_KEYS
 from vlguard_jax.train.preference import base_logps
 from vlguard_jax.train.setup import RunSetup
 
 FILE = "reference_logps.npy"
-KEYS = ("input_ids", "labels", "attention_mask", "pixel_values")
+KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", *TILED_KEYS)
 
 
 def reference_logps(setup: RunSetup, data: TrainingData, chat, pipeline: PipelineConfig,

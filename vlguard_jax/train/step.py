@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax.data.chat import IGNORE
+from vlguard_jax.models.tiles import images_of
 from vlguard_jax.parallel import constrain
 
 LossSums = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
@@ -132,7 +133,7 @@ def sft_loss_sums(graphdef: nnx.GraphDef, template: nnx.State, dropout: bool = T
 
     def loss_sums(params, frozen, micro, key):
         model = merge_params(graphdef, template, params, frozen)
-        hidden, _ = model.hidden_states(micro["input_ids"], micro.get("pixel_values"), micro["attention_mask"],
+        hidden, _ = model.hidden_states(micro["input_ids"], images_of(micro), micro["attention_mask"],
                                         dropout_key=key if dropout else None, row_images=True,
                                         padding="right")  # the pipeline pads rows on the right
         nll, tokens = chunked_cross_entropy_sums(hidden, micro["labels"], model.language_model.logits, loss_chunk)
