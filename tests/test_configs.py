@@ -51,3 +51,22 @@ def test_harmful_finetune_recipes_use_lisas_hyper_parameters(task):
     assert (t.optimizer.learning_rate, t.optimizer.decay, t.optimizer.warmup_ratio) == (1e-5, "constant", 0.1)
     assert config.hft.poison_ratios == (0.0, 0.05, 0.1, 0.2) and config.hft.judge == "beaver_dam"
     assert config.hft.fa_rule == ("contains" if task == "gsm8k" else "exact")  # GSM8K compares final numbers
+
+
+@pytest.mark.parametrize("name,architecture,template", [
+    ("llava_onevision_qwen2_7b_posthoc_lora", "llava-onevision-qwen2-7b-ov", "qwen"),
+    ("llava_next_mistral_7b_posthoc_lora", "llava-v1.6-mistral-7b", "mistral_instruct")])
+def test_anyres_posthoc_recipes(name, architecture, template):
+    """VLGuard's post-hoc LoRA recipe on an any-resolution model, in its own prompt format, with room for its largest
+    image (`VisionInputs.max_tokens`) and LLaVA-1.5's 1,472 text tokens (2048 less 576 image tokens)."""
+    from vlguard_jax.data.vision_inputs import VisionInputs
+    from vlguard_jax.models.config import KNOWN_ARCHITECTURES
+
+    config = load_config(Path(CONFIGS[0]).parent / f"{name}.yaml")
+    t, d, llava = config.train, config.data, KNOWN_ARCHITECTURES[architecture]
+    assert (t.mode, t.lora.rank, t.lora.alpha, t.epochs, t.global_batch_size) == ("lora", 128, 256.0, 3, 128)
+    assert (t.optimizer.learning_rate, t.optimizer.projector_learning_rate) == (2e-4, 2e-5)
+    assert (d.mixture, d.num_helpful, d.template) == ("posthoc", 5000, template)
+    llava.check_template(d.template)
+    assert max(d.buckets) == d.max_length >= VisionInputs.of(llava).max_tokens + 2048 - 576
+    assert config.model.path == f"checkpoints/{architecture}-hf"

@@ -1,5 +1,7 @@
-"""`plan`: abstract 7B shapes match the published parameter counts, the FLOPs formula matches XLA's count, and
-per-device bytes on 8 virtual devices are the totals divided by the shards."""
+"""`plan`: abstract 7B shapes match the published parameter counts, the FLOPs formula matches XLA's count (fixed
+and any-resolution models), and per-device bytes on 8 virtual devices are the totals divided by the shards."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,10 @@ from flax import nnx
 
 from tests.train_fixtures import TINY
 from vlguard_jax.config import config_from_dict
-from vlguard_jax.models.config import KNOWN_ARCHITECTURES, EvaVisionConfig, LlavaConfig, TextConfig, VisionConfig
+from vlguard_jax.data.vision_inputs import VisionInputs
+from vlguard_jax.models import anyres
+from vlguard_jax.models.config import (KNOWN_ARCHITECTURES, EvaVisionConfig, LlavaConfig, SiglipVisionConfig,
+                                       TextConfig, VisionConfig)
 from vlguard_jax.models.llava import LlavaForConditionalGeneration
 from vlguard_jax.models.lora import DEFAULT_TARGETS, LoraConfig, apply_lora
 from vlguard_jax.plan import plan, train_flops
@@ -51,12 +56,44 @@ def test_minigptv2_shapes_have_upstreams_parameter_counts():
     assert _count(nnx.state(model, nnx.LoRAParam)) == 32 * 2 * 64 * (4096 + 4096)
 
 
+@pytest.mark.parametrize("name,hub_count", [
+    ("llava-v1.6-vicuna-7b", 7.06e9), ("llava-v1.6-mistral-7b", 7.57e9),
+    ("llava-onevision-qwen2-7b-ov", 8.03e9), ("llava-onevision-qwen2-0.5b-ov", 8.94e8)])
+def test_anyres_shapes_have_the_published_parameter_counts(name, hub_count):
+    """transformers builds the same parameters from the shape's config.json (on torch's meta device), and their
+    total rounds to the llava-hf checkpoint page's count (its safetensors' parameters, 3 significant figures)."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    llava = KNOWN_ARCHITECTURES[name]
+    ours = _count(nnx.state(nnx.eval_shape(lambda: LlavaForConditionalGeneration(llava, rngs=nnx.Rngs(0)))))
+    hf_config = transformers.AutoConfig.for_model(**llava.to_hf())
+    with torch.device("meta"):
+        theirs = transformers.AutoModelForImageTextToText.from_config(hf_config)
+    assert ours == sum(p.numel() for p in theirs.parameters())
+    assert float(f"{ours:.3g}") == hub_count
+
+
 def _one_layer_model(tower: str = "clip") -> LlavaConfig:
-    """Matmul-dominated widths, one layer each, the last vision layer read (so the tower runs it)."""
+    """Matmul-dominated widths, one layer each, the last vision layer read (so the tower runs it). `next` and
+    `onevision`: any-resolution layouts (CLIP + Mistral, SigLIP + Qwen2) on canvases of up to 2×2 crops of 64 px,
+    5 crops an image at most, the tower and projector about a third of the step (a count of 1 crop a row would be
+    25% short); OneVision's budget of one crop's tokens pools the larger grids (4 taps a token)."""
     shape = dict(hidden_size=128, intermediate_size=512, num_layers=1, num_heads=4, image_size=32, patch_size=8)
-    vision = VisionConfig(**shape) if tower == "clip" else EvaVisionConfig(**shape)
     text = TextConfig(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_layers=1, num_heads=4,
                       num_kv_heads=2, head_dim=64, max_position_embeddings=512)
+    crop = {**shape, "image_size": 64}
+    pinpoints = ((64, 128), (128, 64), (128, 128))
+    if tower == "next":
+        return LlavaConfig(vision=VisionConfig(**crop), text=dataclasses.replace(text, family="mistral"),
+                           image_token_id=1000, model_type="llava_next", image_grid_pinpoints=pinpoints)
+    if tower == "onevision":
+        return LlavaConfig(vision=SiglipVisionConfig(**crop), text=dataclasses.replace(text, family="qwen2",
+                                                                                        qkv_bias=True),
+                           image_token_id=1000, vision_feature_layer=-1, vision_feature_select_strategy="full",
+                           model_type="llava_onevision", image_grid_pinpoints=pinpoints,
+                           vision_aspect_ratio="anyres_max_1")
+    vision = VisionConfig(**shape) if tower == "clip" else EvaVisionConfig(**shape)
     return LlavaConfig(vision=vision, text=text, image_token_id=1000, vision_feature_layer=-1,
                        projector_type="mlp2x_gelu" if tower == "clip" else "concat4")
 
@@ -65,8 +102,11 @@ def _one_layer_model(tower: str = "clip") -> LlavaConfig:
     ("lora", "clip", DEFAULT_TARGETS, "sft", "model"), ("full", "clip", DEFAULT_TARGETS, "sft", "model"),
     ("lora", "eva", r"language_model\.model\.layers\.self_attn\.(q|v)_proj", "sft", "model"),
     ("lora", "clip", DEFAULT_TARGETS, "dpo", "model"), ("full", "clip", DEFAULT_TARGETS, "dpo", "model"),
-    ("lora", "clip", DEFAULT_TARGETS, "dpo", "precomputed")])
+    ("lora", "clip", DEFAULT_TARGETS, "dpo", "precomputed"),
+    ("lora", "next", DEFAULT_TARGETS, "sft", "model"), ("lora", "onevision", DEFAULT_TARGETS, "sft", "model"),
+    ("full", "onevision", DEFAULT_TARGETS, "sft", "model"), ("lora", "onevision", DEFAULT_TARGETS, "dpo", "model")])
 def test_train_flops_formula_matches_xla_cost_analysis(mode, tower, targets, objective, reference):
+    """Any-resolution rows: every one of the 5 crop slots through the tower (zeros run too), the packing's taps."""
     llava, rows, length, rank = _one_layer_model(tower), 4, 128, 16
     model = LlavaForConditionalGeneration(llava, rngs=nnx.Rngs(0))
     if mode == "lora":
@@ -79,7 +119,8 @@ def test_train_flops_formula_matches_xla_cost_analysis(mode, tower, targets, obj
     batch = {"input_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
              "labels": jax.ShapeDtypeStruct(tokens, jnp.int32),
              "attention_mask": jax.ShapeDtypeStruct(tokens, jnp.bool_),
-             "pixel_values": jax.ShapeDtypeStruct((rows, 3, 32, 32), jnp.float32)}
+             **{name: jax.ShapeDtypeStruct((rows, *empty.shape[1:]), empty.dtype)  # the pipeline's image arrays
+                for name, empty in VisionInputs.of(llava).batch(0).items()}}
     weights, objective_sums = frozen, None
     if objective != "sft":
         weights = (frozen, reference_params(trainable, params, jnp.float32) if reference == "model" else {})
@@ -130,6 +171,41 @@ def test_plan_on_8_devices_divides_parameter_bytes_by_the_shards(mode):
     assert eight["model_flops_per_step"] == one["model_flops_per_step"] > 0
     assert eight["attention"] == "ours" and "tpu_custom_call" not in eight["custom_calls"]  # auto on CPU
     assert eight["per_device_bytes"]["peak"] < one["per_device_bytes"]["peak"]
+
+
+def _tiny_onevision(fsdp: int):
+    """TINY with a SigLIP + Qwen2 any-resolution model: 16-px crops of 2×2 patches on canvases of up to 2×2 crops."""
+    architecture = TINY["model"]["architecture"]
+    raw = {**TINY, "model": {"architecture": {
+        "model_type": "llava_onevision", "image_grid_pinpoints": [[16, 32], [32, 16], [32, 32]],
+        "vision_aspect_ratio": "anyres_max_1",
+        "vision_config": {**architecture["vision_config"], "model_type": "siglip_vision_model"},
+        "text_config": {**architecture["text_config"], "model_type": "qwen2"}}},
+        "mesh": {"data": 1, "fsdp": fsdp, "tensor": 1}}
+    return config_from_dict(raw, "tests/test_plan.py")
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_anyres_plan_holds_every_crop_slot_of_its_rows(devices):
+    """The planned step takes the pipeline's any-resolution batch (`VisionInputs.batch`: every row padded to the
+    model's 5 crops and its most image tokens), split by rows over the devices, and counts every crop slot."""
+    if jax.device_count() < devices:
+        pytest.skip("needs 8 (virtual) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    config = _tiny_onevision(devices)
+    llava = LlavaConfig.from_hf(config.model.architecture)
+    rows, length, rank = config.train.global_batch_size, config.data.max_length, config.train.lora.rank
+    images = VisionInputs.of(llava).batch(rows)
+    assert images["pixel_values"].shape == (rows, 5, 3, 16, 16)
+    batch_bytes = rows * length * (4 + 4 + 1) + sum(a.nbytes for a in images.values())  # ids, labels, mask
+
+    result = plan(config, devices)
+    per_device = result["per_device_bytes"]
+    assert per_device["batch"] == batch_bytes / devices
+    assert (result["tokens_per_step"], result["image_crops_per_step"]) == (rows * length, rows * 5)
+    assert result["max_image_tokens"] == images["image_index"].shape[1] == anyres.max_image_tokens(llava)
+    assert result["model_flops_per_step"] == train_flops(llava, "lora", rows, length, rank)
+    held = sum(per_device[k] for k in ("frozen_params", "trainable_params", "optimizer_state", "batch"))
+    assert per_device["peak"] > held
 
 
 def test_minigptv2_recipe_plans_on_8_devices():

@@ -9,6 +9,9 @@ probe. The partitioner's involuntary full rematerializations (`reshard_check`) a
 replicated whole every step. On CPU, XLA converts bf16 weights to f32 inside the step, so temporaries of bf16
 runs are pessimistic there; TPUs keep them in bf16.
 Model FLOPs are counted analytically (`train_flops`): XLA's own count sees each scanned layer once.
+The batch is the pipeline's, as shapes: `[rows, len]` tokens and each row's image slot in `data.vision_inputs`'
+fixed arrays; an any-resolution model (LLaVA-NeXT, OneVision) is planned at its worst case, every row holding its
+largest image: `max_crops` crops through the tower, `max_image_tokens` packed, and `data.max_length` tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from vlguard_jax.config import Config, ConfigError
+from vlguard_jax.data.vision_inputs import VisionInputs
+from vlguard_jax.models import anyres
 from vlguard_jax.models.config import KNOWN_ARCHITECTURES, LlavaConfig
 from vlguard_jax.models.lora import DEFAULT_TARGETS
 from vlguard_jax.parallel import logical_to_spec
@@ -124,6 +129,7 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
     peak = per_device["peak"]
     sequences = t.global_batch_size * (1 if t.objective == "sft" else 2)  # a preference pair: two answers
     tokens = sequences * config.data.max_length
+    encodes = 2 if t.objective != "sft" and t.preference.reference == "model" else 1  # the reference's pass too
     flops = train_flops(llava, t.mode, t.global_batch_size, config.data.max_length, t.lora.rank, t.lora.targets,
                         t.objective, t.preference.reference)
     parts = setup.attention_choices(config, llava, devices[0].platform)
@@ -133,6 +139,8 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
         "attention": parts["decoder"]["implementation"], "attention_parts": parts,
         "accum_steps": t.accum_steps, "per_device_batch": rows,
         "seq_len": config.data.max_length, "loss_chunk": t.loss_chunk,
+        "tokens_per_step": tokens, "image_crops_per_step": t.global_batch_size * crop_slots(llava) * encodes,
+        "max_image_tokens": max_image_tokens(llava),
         "per_device_bytes": per_device,
         "fits_hbm_gb": {str(gb): bool(peak <= gb * 1e9) for gb in HBM_GB} if peak is not None else {},
         "model_flops_per_step": flops, "model_flops_per_token": flops / tokens,
@@ -146,6 +154,20 @@ def plan(config: Config, devices: int | str | Sequence[jax.Device], architecture
         result["max_per_device_batch"], result["max_batch_probes"] = max_per_device_batch(
             config, llava, mesh, known={rows: verdict.fits}, log=log)
     return result
+
+
+def crop_slots(llava: LlavaConfig) -> int:
+    """Crops the tower encodes for one image slot of a batch: an any-resolution batch pads every image to the model's
+    most crops (`data.vision_inputs`) and the tower runs on every slot, zeros included; 1 for a fixed-resolution
+    model; 0 for a text-only one."""
+    if llava.vision is None:
+        return 0
+    return anyres.max_crops(llava) if llava.anyres else 1
+
+
+def max_image_tokens(llava: LlavaConfig) -> int:
+    """Image tokens of the largest image: what a row's sequence must hold beside its text (0 text-only)."""
+    return 0 if llava.vision is None else VisionInputs.of(llava).max_tokens
 
 
 def custom_calls(hlo: str) -> list[str]:
@@ -221,7 +243,8 @@ def largest_that_fits(verdict_at: Callable[[int], Verdict], known: dict[int, boo
 def _lower_step(config: Config, llava: LlavaConfig, mesh) -> tuple[jax.stages.Lowered, dict]:
     """The config's train step on `mesh`, lowered with abstract state and batch (nothing allocated), and the
     per-device bytes of what it holds: `{"frozen_params", "trainable_params", "optimizer_state",
-    "reference_params"}` (the last: a preference run's reference, 0 otherwise).
+    "reference_params", "batch"}` (a preference run's reference, 0 otherwise; the step's input batch: an
+    any-resolution one's crops are most of it).
 
     The one place that builds the model, shardings, optimizer state and step: the caller compiles (and so
     sees libtpu's out-of-memory verdict with the sizes still in hand)."""
@@ -232,21 +255,25 @@ def _lower_step(config: Config, llava: LlavaConfig, mesh) -> tuple[jax.stages.Lo
         batch = _abstract_batch(llava, config, mesh)
         lowered = run.train_step(t.accum_steps, t.loss_chunk).lower(state, run.step_weights, batch)
     sizes = {"frozen_params": per_device_bytes(run.frozen), "trainable_params": per_device_bytes(state.params),
-             "optimizer_state": per_device_bytes(state.opt_state), "reference_params": per_device_bytes(run.step_weights[1] if run.preference else ())}
+             "optimizer_state": per_device_bytes(state.opt_state),
+             "reference_params": per_device_bytes(run.step_weights[1] if run.preference else ()),
+             "batch": per_device_bytes(batch)}
     return lowered, sizes
 
 
 def _abstract_batch(llava: LlavaConfig, config: Config, mesh) -> dict:
-    """The pipeline's batch as shapes: `[rows, len]` tokens, `[rows, 2, len]` for preference pairs."""
+    """The pipeline's batch as shapes: `[rows, len]` tokens, `[rows, 2, len]` for preference pairs, and one image
+    slot per row in `data.vision_inputs`' arrays (any-resolution: crops `[rows, max_crops, 3, S, S]` and packing plans
+    `[rows, max_tokens, taps]`, which the step hands the model as `models.tiles.images_of(batch)`)."""
     rows, length = config.train.global_batch_size, config.data.max_length
     tokens = (rows, length) if config.train.objective == "sft" else (rows, 2, length)
     sharding = NamedSharding(mesh, logical_to_spec(("batch",)))
     batch = {"input_ids": jax.ShapeDtypeStruct(tokens, jnp.int32, sharding=sharding),
              "labels": jax.ShapeDtypeStruct(tokens, jnp.int32, sharding=sharding),
              "attention_mask": jax.ShapeDtypeStruct(tokens, jnp.bool_, sharding=sharding)}
-    if llava.vision is not None:
-        size = llava.vision.image_size
-        batch["pixel_values"] = jax.ShapeDtypeStruct((rows, 3, size, size), jnp.float32, sharding=sharding)
+    if llava.vision is not None:  # zero rows: the arrays' trailing shapes and dtypes, nothing allocated
+        for name, empty in VisionInputs.of(llava).batch(0).items():
+            batch[name] = jax.ShapeDtypeStruct((rows, *empty.shape[1:]), empty.dtype, sharding=sharding)
     if config.train.objective != "sft" and config.train.preference.reference == "precomputed":
         batch["reference_logps"] = jax.ShapeDtypeStruct((rows, 2), jnp.float32, sharding=sharding)
     return batch
@@ -254,12 +281,15 @@ def _abstract_batch(llava: LlavaConfig, config: Config, mesh) -> dict:
 
 def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_rank: int,
                 lora_targets: str = DEFAULT_TARGETS, objective: str = "sft", reference: str = "model") -> float:
-    """Model FLOPs of one training step (one image per row), counting multiply-adds as 2.
+    """Model FLOPs of one training step (one image slot per row), counting multiply-adds as 2.
 
     Decoder matmuls cost 2·params per token forward; backward costs 2× forward when weights train (full) and
     1× when they are frozen (LoRA: activation gradients only, no weight gradients). Attention (QKᵀ, AV) costs
     4·T·(heads·head_dim) per token per layer forward and 2× that backward either way. The frozen vision tower
-    runs forward only, over the layers LLaVA reads; the projector always trains. LoRA adapters count on the
+    runs forward only, over the layers LLaVA reads and every crop slot of the row (`crop_slots`: an any-resolution
+    row's `max_crops`, zeros included, as the step runs them); the projector always trains, and with it the
+    any-resolution packing (`models.tiles.pack_features`: a weighted sum of `taps` gathered features for each of the
+    `max_image_tokens` slots) its gradient flows back through. LoRA adapters count on the
     decoder projections `lora_targets` matches. A preference objective's row is a pair: two sequences through the
     policy (forward and backward) and again through the reference (forward only, no adapters; none when
     `reference` is `precomputed`), and its image through the tower and projector once for each.
@@ -284,14 +314,16 @@ def train_flops(llava: LlavaConfig, mode: str, rows: int, seq_len: int, lora_ran
         llm += tokens * 2 * lora_rank * sum(adapted) * text.num_layers * 3
     if vision is None:  # a text-only model
         return float(llm)
-    patches = vision.num_patches
+    patches, crops = vision.num_patches, crop_slots(llava)
     v_layer = 4 * vision.hidden_size ** 2 + 2 * vision.hidden_size * vision.intermediate_size
-    v_tokens = patches + 1
-    tower = (2 * patches * (vision.patch_size ** 2 * vision.num_channels * vision.hidden_size)
-             + llava.feature_layer_index * (2 * v_tokens * v_layer + 4 * v_tokens * v_tokens * vision.hidden_size))
-    projector = 2 * llava.num_image_tokens * (vision.hidden_size * text.hidden_size
-                                              + (llava.projector_depth - 1) * text.hidden_size ** 2)
-    image = tower + 3 * projector  # the policy's: projector forward and backward
+    v_tokens = patches + vision.class_token
+    tower = crops * (2 * patches * (vision.patch_size ** 2 * vision.num_channels * vision.hidden_size)
+                     + llava.feature_layer_index * (2 * v_tokens * v_layer + 4 * v_tokens ** 2 * vision.hidden_size))
+    projector = 2 * crops * llava.tokens_per_crop * (vision.hidden_size * llava.projector_group * text.hidden_size
+                                                     + (llava.projector_depth - 1) * text.hidden_size ** 2)
+    if llava.anyres:
+        projector += 2 * anyres.taps(llava) * max_image_tokens(llava) * text.hidden_size
+    image = tower + 3 * projector  # the policy's: projector (and packing) forward and backward
     if reference_forward:
         image += tower + projector  # the reference's, forward only
     return float(llm + rows * image)

@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         print("fits in HBM (GB): " + ", ".join(f"{gb}: {'yes' if ok else 'no'}"
                                               for gb, ok in result["fits_hbm_gb"].items()))
     print(f"model FLOPs per step: {result['model_flops_per_step']:.3e} ({result['model_flops_per_token']:.3e}/token)")
+    images = (f", {result['image_crops_per_step']} image crops through the tower (padded slots included), up to "
+              f"{result['max_image_tokens']} image tokens a row" if result["image_crops_per_step"] else "")
+    print(f"per step: {result['tokens_per_step']} tokens (seq {result['seq_len']}){images}")
     for reshard in result["involuntary_rematerializations"]:
         print(f"warning: XLA replicates a tensor whole to reshard it (involuntary full rematerialization): {reshard}")
     if "max_per_device_batch" in result:

@@ -477,6 +477,34 @@ def _llama3(hidden: int, intermediate: int, layers: int, head_dim: int, rope_fac
         "bos_token_id": 128000, "eos_token_id": 128009}))
 
 
+def _llava_next(text: TextConfig) -> LlavaConfig:
+    """A llava-hf LLaVA-NeXT (v1.6) config.json: LLaVA-1.5's CLIP-336 tower and projector, `<image>` 32000 and `<pad>`
+    32001 appended to the decoder's 32000-token vocabulary and the rows padded to 32064 (transformers'
+    `convert_llava_next_weights_to_hf.py`: `resize_token_embeddings(vocab + 2, 64)`, `pad_token_id = 32001`), and
+    the image processor's five canvases of 2 or 3 crops."""
+    text = dataclasses.replace(text, vocab_size=32064, pad_token_id=32001)
+    return LlavaConfig(vision=VisionConfig(), text=text, model_type="llava_next",
+                       image_grid_pinpoints=LAYOUTS["llava_next"]["image_grid_pinpoints"])
+
+
+def _onevision(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int,
+               tied: bool) -> LlavaConfig:
+    """A llava-hf LLaVA-OneVision config.json: SigLIP so400m/14 at 384 px with its last block dropped (26 of 27:
+    `convert_llava_onevision_weights_to_hf.py`'s `SiglipVisionConfig`), and the Qwen2-Instruct decoder's config
+    (RMSNorm eps 1e-6, RoPE theta 1e6, 32768 positions, BOS 151643, EOS `<|im_end|>` 151645, q/k/v biases) with
+    `<image>` 151646 and `<video>` 151647 added and the rows padded to a multiple of 64 (`resize_token_embeddings(
+    vocab + 2, pad_to_multiple_of=64)`); 36 canvases of 1–6 crops a side, pooled to about 9 crops' tokens."""
+    text = TextConfig(family="qwen2", vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                      num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
+                      rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768, tie_word_embeddings=tied,
+                      qkv_bias=True, bos_token_id=151643, eos_token_id=151645)
+    layout = LAYOUTS["llava_onevision"]
+    return LlavaConfig(vision=SiglipVisionConfig(), text=text, image_token_id=151646, vision_feature_layer=-1,
+                       vision_feature_select_strategy="full", model_type="llava_onevision",
+                       image_grid_pinpoints=layout["image_grid_pinpoints"],
+                       vision_aspect_ratio=layout["vision_aspect_ratio"])
+
+
 # Shapes of the published checkpoints (REFERENCE §1), for planning memory before any weights are downloaded.
 KNOWN_ARCHITECTURES = {
     "llava-1.5-7b": _llava15(4096, 11008, 32, 32),
@@ -494,4 +522,17 @@ KNOWN_ARCHITECTURES = {
     # …/Llama-Guard-3-1B, config.json): Llama 3.1 8B's shape, untied; Llama 3.2 1B's, tied, RoPE factor 32
     "llama-guard-3-8b": _llama3(4096, 14336, 32, 128, rope_factor=8.0, tied=False),
     "llama-guard-3-1b": _llama3(2048, 8192, 16, 64, rope_factor=32.0, tied=True),
+    # LLaVA-NeXT (huggingface.co/llava-hf/llava-v1.6-vicuna-7b-hf and …/llava-v1.6-mistral-7b-hf, config.json):
+    # Vicuna-7B v1.5 as in LLaVA-1.5; Mistral-7B-Instruct-v0.2 (32 heads, 8 KV heads, MLP 14336, RMSNorm eps 1e-5,
+    # RoPE theta 1e6, 32768 positions, no sliding window: its sliding_window is null)
+    "llava-v1.6-vicuna-7b": _llava_next(_llava15(4096, 11008, 32, 32).text),
+    "llava-v1.6-mistral-7b": _llava_next(TextConfig(
+        family="mistral", hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8,
+        head_dim=128, rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=32768, sliding_window=None)),
+    # LLaVA-OneVision (huggingface.co/llava-hf/llava-onevision-qwen2-7b-ov-hf and …-0.5b-ov-hf, config.json):
+    # Qwen2-7B-Instruct (hidden 3584, MLP 18944, 28 layers, 28 heads, 4 KV heads, untied; 152064 + 2 rows → 152128,
+    # as the 7B's config.json gives it) and Qwen2-0.5B-Instruct (hidden 896, MLP 4864, 24 layers, 14 heads, 2 KV
+    # heads, tied; 151936 + 2 → 152000 by the same resize)
+    "llava-onevision-qwen2-7b-ov": _onevision(3584, 18944, 28, 28, 4, vocab=152128, tied=False),
+    "llava-onevision-qwen2-0.5b-ov": _onevision(896, 4864, 24, 14, 2, vocab=152000, tied=True),
 }
