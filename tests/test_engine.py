@@ -2,7 +2,6 @@
 with image prefixes shared or not, with several LoRA adapters in one pass, on one device and on a
 data × fsdp × tensor mesh. The static engine is itself held to transformers' `generate` (test_generate)."""
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx

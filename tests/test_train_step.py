@@ -55,9 +55,9 @@ def our_step(model, mode, batch, accum_steps=1):
     return graphdef, trainable, frozen, state, new_state, metrics
 
 
-def test_lora_step_matches_peft(tmp_path):
-    hf = build_hf("gqa", seed=11)
-    model = vlguard_jax.load_pretrained(save_layout(hf, tmp_path, "hf_save"))
+def lora_steps_agree(hf, model, ours_batch, theirs_batch):
+    """One LoRA step (rank 4, identical non-zero adapters, projector trained) on our model and on `hf` under PEFT:
+    loss, every adapter and the projector agree within 1e-5. Returns (state before, state after, updated model)."""
     apply_lora(model, LoraConfig(rank=4, alpha=8.0, dropout=0.0), nnx.Rngs(0))
     peft_model = get_peft_model(hf, PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS))
     peft_layers = peft_model.base_model.model.model.language_model.layers
@@ -67,7 +67,6 @@ def test_lora_step_matches_peft(tmp_path):
     for p in projector:
         p.requires_grad_(True)
     lora = [p for n, p in peft_model.named_parameters() if "lora_" in n]
-    ours_batch, theirs_batch = training_batch(hf.config)
     torch_loss = torch_step(peft_model, {LR: lora, PROJECTOR_LR: projector}, theirs_batch)
 
     graphdef, trainable, frozen, before, after, metrics = our_step(model, "lora", ours_batch)
@@ -84,6 +83,13 @@ def test_lora_step_matches_peft(tmp_path):
     moved = jnp.abs(after.params["multi_modal_projector"]["linear_1"]["kernel"]
                     - before.params["multi_modal_projector"]["linear_1"]["kernel"]).max()
     assert float(moved) > 1e-4  # the comparison above is not vacuous
+    return before, after, updated
+
+
+def test_lora_step_matches_peft(tmp_path):
+    hf = build_hf("gqa", seed=11)
+    model = vlguard_jax.load_pretrained(save_layout(hf, tmp_path, "hf_save"))
+    before, after, updated = lora_steps_agree(hf, model, *training_batch(hf.config))
 
     # Frozen weights are untouched and carry no optimizer state: Adam moments only for trainable leaves.
     trainable_bytes = sum(x.nbytes for x in jax.tree.leaves(before.params))

@@ -18,7 +18,8 @@ import math
 import numpy as np
 from PIL import Image
 
-from vlguard_jax.data.images import _RESCALE, MAX_PIXELS, ImageConfig, ImageError, _check_buffer, preprocess, to_rgb
+from vlguard_jax.data.images import (MAX_PIXELS, ImageConfig, ImageError, _check_buffer, normalize, preprocess,
+                                     to_rgb)
 from vlguard_jax.models.anyres import best_resolution
 from vlguard_jax.models.config import LlavaConfig
 
@@ -35,7 +36,7 @@ def preprocess_anyres(image: Image.Image, config: LlavaConfig, mean: tuple[float
     canvas_height, canvas_width = best_resolution(config, (image.height, image.width))
     _check_buffer(image, f"fitted to a {canvas_width}x{canvas_height} canvas", canvas_width * canvas_height,
                   max_pixels)
-    canvas = _normalize(_fit_to_canvas(rgb, canvas_height, canvas_width), mean, std)
+    canvas = normalize(_fit_to_canvas(rgb, canvas_height, canvas_width), mean, std)
     tiles = canvas.reshape(3, canvas_height // crop, crop, canvas_width // crop, crop).transpose(1, 3, 0, 2, 4)
     return np.concatenate([base[None], tiles.reshape(-1, 3, crop, crop)])
 
@@ -54,11 +55,3 @@ def _fit_to_canvas(image: Image.Image, canvas_height: int, canvas_width: int) ->
     top, left = (canvas_height - height) // 2, (canvas_width - width) // 2
     canvas[top: top + height, left: left + width] = resized
     return canvas
-
-
-def _normalize(pixels: np.ndarray, mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
-    """uint8 [H, W, 3] → float32 [3, H, W] in the processors' arithmetic (`images.preprocess`'s): rescale in float64,
-    then normalize in float32."""
-    scaled = (pixels.astype(np.float64) * _RESCALE).astype(np.float32)
-    normalized = (scaled - np.array(mean, np.float32)) / np.array(std, np.float32)
-    return np.ascontiguousarray(normalized.transpose(2, 0, 1))

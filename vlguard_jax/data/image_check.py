@@ -32,7 +32,7 @@ def check_images(samples: Samples, roots: Sequence[ImageSource | None], parts: S
     """A DataError naming the root, the count and the first missing paths when more than `max_missing` (a
     fraction) of the images of a part's samples are not in its root (`roots[k]`, `parts[k]`: the root and the
     data part of `samples.stores[k]`); a warning when fewer are (their rows then fail to load, each counted against
-    data.max_image_failures)."""
+    data.max_image_failures; an any-resolution model's samples are skipped before, their image's size unread)."""
     for k, (root, part) in enumerate(zip(roots, parts)):
         if root is None:
             continue  # its samples name no image, or `pipeline.build_pipeline` refuses them
@@ -46,4 +46,5 @@ def check_images(samples: Samples, roots: Sequence[ImageSource | None], parts: S
         if len(missing) > max_missing * len(paths):
             raise DataError(f"{found}; more than data.max_missing_images={max_missing:g}. Point {setting} at the "
                             f"folder or zip archive these paths are relative to")
-        log.warning("%s; their rows will fail to load and count against data.max_image_failures", found)
+        log.warning("%s; their rows will fail to load and count against data.max_image_failures (any-resolution "
+                    "models: their samples are skipped, counted against data.max_skip_fraction)", found)

@@ -81,9 +81,13 @@ def preprocess(image: Image.Image, config: ImageConfig, max_pixels: int = MAX_PI
     _check_buffer(image, f"resized to {new_width}x{new_height}", new_width * new_height, max_pixels)
     resized = np.asarray(Image.fromarray(pixels).resize((new_width, new_height), Image.Resampling.BICUBIC))
     top, left = (new_height - config.size) // 2, (new_width - config.size) // 2
-    cropped = resized[top: top + config.size, left: left + config.size]
-    scaled = (cropped.astype(np.float64) * _RESCALE).astype(np.float32)
-    normalized = (scaled - np.array(config.mean, np.float32)) / np.array(config.std, np.float32)
+    return normalize(resized[top: top + config.size, left: left + config.size], config.mean, config.std)
+
+
+def normalize(pixels: np.ndarray, mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
+    """uint8 [H, W, 3] → float32 [3, H, W] in the processors' arithmetic: rescale in float64, normalize in float32."""
+    scaled = (pixels.astype(np.float64) * _RESCALE).astype(np.float32)
+    normalized = (scaled - np.array(mean, np.float32)) / np.array(std, np.float32)
     return np.ascontiguousarray(normalized.transpose(2, 0, 1))
 
 
@@ -159,9 +163,9 @@ class ImageSource:
             with stream, self._opened(relpath, stream) as image:
                 return image.height, image.width
         except FileNotFoundError:
-            raise self._error(relpath, "file not found") from None
+            raise self.error(relpath, "file not found") from None
         except _ARCHIVE_ERRORS as e:  # PIL's own errors are ImageErrors already; what is left failed reading
-            raise self._error(relpath, f"cannot read {'archive member' if self.is_zip else 'file'} ({e})") from e
+            raise self.error(relpath, f"cannot read {'archive member' if self.is_zip else 'file'} ({e})") from e
 
     def missing(self, relpaths: Iterable[str]) -> list[str]:
         """Those of `relpaths` that `load` would not find, in order, from the archive's index or one listing per
@@ -198,9 +202,9 @@ class ImageSource:
 
     def _check_relative(self, relpath: str) -> None:
         if not relpath or relpath.startswith(("/", "\\")) or os.path.isabs(relpath):
-            raise self._error(relpath, "not a relative path")
+            raise self.error(relpath, "not a relative path")
         if ".." in relpath.split("/"):
-            raise self._error(relpath, "'..' would leave the image root")
+            raise self.error(relpath, "'..' would leave the image root")
 
     def pixels(self, relpath: str, config: ImageConfig) -> np.ndarray:
         """`preprocess` of the image at `relpath` under this source's `max_pixels`; its errors name the image."""
@@ -208,15 +212,16 @@ class ImageSource:
         try:
             return preprocess(image, config, self.max_pixels)
         except ImageError as e:
-            raise self._error(relpath, str(e)) from None
+            raise self.error(relpath, str(e)) from None
 
-    def _error(self, relpath: str, reason: str) -> ImageError:
+    def error(self, relpath: str, reason: str) -> ImageError:
+        """An ImageError naming the image and this root (for a step of preprocessing done elsewhere)."""
         return ImageError(f"image {relpath!r} under {self.root}: {reason}")
 
     def _file(self, relpath: str) -> Path:
         path = (self.root / relpath).resolve()
         if not path.is_relative_to(self.root):
-            raise self._error(relpath, f"resolves to {path}, outside the image root (symlink?)")
+            raise self.error(relpath, f"resolves to {path}, outside the image root (symlink?)")
         return path
 
     def _read_file(self, relpath: str) -> bytes:
@@ -224,9 +229,9 @@ class ImageSource:
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            raise self._error(relpath, "file not found") from None
+            raise self.error(relpath, "file not found") from None
         except OSError as e:
-            raise self._error(relpath, f"cannot read file ({e})") from e
+            raise self.error(relpath, f"cannot read file ({e})") from e
 
     def _member(self, relpath: str) -> zipfile.ZipInfo:
         """The archive member of `relpath`, refused when it would inflate to more than `max_member_bytes`."""
@@ -238,18 +243,18 @@ class ImageSource:
             except KeyError:
                 continue
             if info.file_size > self.max_member_bytes:  # zipfile inflates no more than file_size bytes
-                raise self._error(relpath, f"archive member {member!r} is {info.file_size} bytes uncompressed, more "
+                raise self.error(relpath, f"archive member {member!r} is {info.file_size} bytes uncompressed, more "
                                            f"than max_member_bytes={self.max_member_bytes}; raise it "
                                            f"(ImageSource(max_member_bytes=...)) to read it")
             return info
-        raise self._error(relpath, "not found in the archive")
+        raise self.error(relpath, "not found in the archive")
 
     def _read_zip(self, relpath: str) -> bytes:
         info = self._member(relpath)
         try:
             return self._archive().read(info)
         except _ARCHIVE_ERRORS as e:
-            raise self._error(relpath, f"cannot read archive member {info.filename!r} ({e})") from e
+            raise self.error(relpath, f"cannot read archive member {info.filename!r} ({e})") from e
 
     def _archive(self) -> zipfile.ZipFile:
         """This process's zip handle; a forked child must not share its parent's file offset."""
@@ -266,7 +271,7 @@ class ImageSource:
                 image.load()
                 rgb = image.convert("RGB")
             except _DECODE_ERRORS as e:
-                raise self._error(relpath, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+                raise self.error(relpath, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
             # A transparent colour survives convert() in `info`; LLaVA's processor (transformers 4.31)
             # ignores it on an RGB image, transformers 5 and `to_rgb` would composite it onto white.
             rgb.info.pop("transparency", None)
@@ -281,12 +286,12 @@ class ImageSource:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(stream)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise self._error(relpath, f"decompression bomb ({e})") from e
+            raise self.error(relpath, f"decompression bomb ({e})") from e
         except _DECODE_ERRORS as e:
-            raise self._error(relpath, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+            raise self.error(relpath, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
         with image:
             if image.width * image.height > self.max_pixels:
-                raise self._error(relpath, f"decompression bomb: {image.width}x{image.height} pixels is more than "
+                raise self.error(relpath, f"decompression bomb: {image.width}x{image.height} pixels is more than "
                                            f"max_pixels={self.max_pixels}")
             yield image
 

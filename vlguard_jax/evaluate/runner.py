@@ -253,7 +253,7 @@ def _encode(images: ImageSource, relpath: str, vision: VisionInputs) -> tuple[np
     try:
         return vision.encode(image, images.max_pixels), vision.tokens((image.height, image.width))
     except ImageError as e:
-        raise images._error(relpath, str(e)) from None
+        raise images.error(relpath, str(e)) from None
 
 
 def _turn(prompt: Prompt) -> Turn:

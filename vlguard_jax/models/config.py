@@ -89,8 +89,7 @@ class EvaVisionConfig(VisionConfig):
 
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> EvaVisionConfig:
-        renamed = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
-        return cls(**{f.name: d.get(renamed.get(f.name, f.name), f.default) for f in dataclasses.fields(cls)})
+        return _with_own_defaults(cls, d)
 
     def to_hf(self) -> dict[str, Any]:
         return {**super().to_hf(), "ln_vision_eps": self.ln_vision_eps}
@@ -121,11 +120,16 @@ class SiglipVisionConfig(VisionConfig):
         if d.get("vision_use_head", False):
             raise ValueError("vision_config.vision_use_head is true: LLaVA-OneVision's SigLIP has no pooling head "
                              "(llava-hf sets vision_use_head false); a checkpoint with one is not supported")
-        renamed = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
-        return cls(**{f.name: d.get(renamed.get(f.name, f.name), f.default) for f in dataclasses.fields(cls)})
+        return _with_own_defaults(cls, d)
 
     def to_hf(self) -> dict[str, Any]:
         return {**super().to_hf(), "vision_use_head": False}
+
+
+def _with_own_defaults(cls: type[VisionConfig], d: dict[str, Any]) -> VisionConfig:
+    """A tower config from its HF dict, what the dict omits at the class's own defaults (not CLIP's library ones)."""
+    renamed = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
+    return cls(**{f.name: d.get(renamed.get(f.name, f.name), f.default) for f in dataclasses.fields(cls)})
 
 
 VISION_CONFIGS = {c.model_type: c for c in (VisionConfig, EvaVisionConfig, SiglipVisionConfig)}  # a vision_config's model_type → class
