@@ -136,12 +136,11 @@ class HostBatch:
         try:
             encoded = vision.encode(image, source.max_pixels)
         except ImageError as e:
-            raise ImageError(f"image {path!r} under {source.root}: {e}") from None
+            raise source.error(path, str(e)) from None
         if len(encoded.index) != tokens:
-            raise ImageError(f"image {path!r} under {source.root}: {image.width}x{image.height} pixels make "
-                             f"{len(encoded.index)} image tokens, but its sample's length counted {tokens}: the "
-                             f"image changed since its size was read (delete the store's image-sizes-*.npy files "
-                             f"to read the sizes again)")
+            raise source.error(path, f"{image.width}x{image.height} pixels make {len(encoded.index)} image tokens, "
+                                     f"but its sample's length counted {tokens}: the image changed since its size "
+                                     f"was read (delete the store's image-sizes-*.npy files to read the sizes again)")
         vision.put(batch, row, encoded)
 
 
