@@ -12,6 +12,7 @@ batch pads every image to the model's most crops and tokens, so one compiled ste
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -56,8 +57,9 @@ class VisionInputs:
         """`<image>` tokens (and features) of an image of `size` (height, width)."""
         return anyres.image_tokens(self.model, size) if self.tiled else self.model.num_image_tokens
 
-    @property
+    @functools.cached_property
     def max_tokens(self) -> int:
+        """Computed once: OneVision's bound enumerates every unpadding window (14 ms), and each batch asks for it."""
         return anyres.max_image_tokens(self.model) if self.tiled else self.model.num_image_tokens
 
     def encode(self, image: Image.Image, max_pixels: int = MAX_PIXELS) -> np.ndarray | TiledImage:
