@@ -10,11 +10,11 @@ from vlguard_jax.cli.quiet import quiet_libraries
 quiet_libraries()  # on import, before any library logs: here, and in the worker processes a command spawns (a
 # spawned process imports the entry script, and so this package, before the code it runs)
 
-from vlguard_jax.cli import (bench, benchmarks, compare, convert, data, demo, env, evaluate, export, hft,  # noqa: E402
-                             judge, plan, sweep, table1, train)
+from vlguard_jax.cli import (attack, bench, benchmarks, compare, convert, data, demo, env, evaluate,  # noqa: E402
+                             export, hft, judge, plan, sweep, table1, train)
 
-COMMANDS = (demo, hft, sweep, plan, bench, convert, train, env, export, evaluate, table1, benchmarks, judge, compare,
-            data)
+COMMANDS = (demo, hft, sweep, plan, bench, convert, train, env, export, evaluate, attack, table1, benchmarks, judge,
+            compare, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def preprocess(image: Image.Image, config: ImageConfig, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any PIL mode → float32 [3, size, size] exactly as transformers' processors give it; an ImageError, before it
     is made, where the padded or the resized copy would hold more than `max_pixels` pixels."""
+    return normalize(resized(image, config, max_pixels), config.mean, config.std)
+
+
+def resized(image: Image.Image, config: ImageConfig, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """`preprocess` up to its last uint8 step: the padded, resized and cropped uint8 [size, size, 3] (what an attack
+    on the pixels moves, and what a saved PNG of it holds)."""
     pixels = np.asarray(to_rgb(image))
     height, width = pixels.shape[:2]
     if config.mode == "pad":
@@ -79,16 +85,20 @@ def preprocess(image: Image.Image, config: ImageConfig, max_pixels: int = MAX_PI
         new_long = int(config.size * long / short)  # transformers' get_resize_output_image_size, truncating
         new_width, new_height = (config.size, new_long) if width <= height else (new_long, config.size)
     _check_buffer(image, f"resized to {new_width}x{new_height}", new_width * new_height, max_pixels)
-    resized = np.asarray(Image.fromarray(pixels).resize((new_width, new_height), Image.Resampling.BICUBIC))
+    scaled = np.asarray(Image.fromarray(pixels).resize((new_width, new_height), Image.Resampling.BICUBIC))
     top, left = (new_height - config.size) // 2, (new_width - config.size) // 2
-    return normalize(resized[top: top + config.size, left: left + config.size], config.mean, config.std)
+    return scaled[top: top + config.size, left: left + config.size]
 
 
 def normalize(pixels: np.ndarray, mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
     """uint8 [H, W, 3] → float32 [3, H, W] in the processors' arithmetic: rescale in float64, normalize in float32."""
-    scaled = (pixels.astype(np.float64) * _RESCALE).astype(np.float32)
-    normalized = (scaled - np.array(mean, np.float32)) / np.array(std, np.float32)
-    return np.ascontiguousarray(normalized.transpose(2, 0, 1))
+    shape = (3, 1, 1)
+    return (unit_pixels(pixels) - np.reshape(mean, shape).astype(np.float32)) / np.reshape(std, shape).astype(np.float32)
+
+
+def unit_pixels(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] → float32 [3, H, W] in [0, 1], rescaled as the processors rescale (before normalizing)."""
+    return np.ascontiguousarray((pixels.astype(np.float64) * _RESCALE).astype(np.float32).transpose(2, 0, 1))
 
 
 def _check_buffer(image: Image.Image, step: str, pixels: int, max_pixels: int) -> None:
