@@ -35,6 +35,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--dry-run", action="store_true",
                           help="print each subset's prompt and skipped-row counts as json; load no model")
     evaluate.add_argument("--images", type=Path, help="image directory or zip (vlguard, figstep, …)")
+    evaluate.add_argument("--image-override", type=Path, metavar="IMAGE",
+                          help="an image file (e.g. an adversarial PNG) shown with every prompt of every benchmark, "
+                               "in place of its own image and beside text-only prompts (rtp_continuation's); it "
+                               "wins over --images; run.json records its path and sha256")
     evaluate.add_argument("--out", help="results directory, a local folder or gs://… (needed but for --dry-run); "
                                          "process 0 alone reads and writes it")
     evaluate.add_argument("--protocol", default="vlguard",
@@ -116,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     labels = [benchmarks.spec(name).label(args.sample, args.sample_seed) for name in names]
     files = [path for data in args.data for path in benchmarks.paths(data)]
     summary = evaluate_checkpoint(args.model, suite, labels, files, out, chosen, options, images=args.images,
-                                  dtype=args.dtype, batch_size=args.batch_size, mesh=args.mesh,
-                                  max_skipped=args.max_skipped, overwrite=args.overwrite)
+                                  image_override=args.image_override, dtype=args.dtype, batch_size=args.batch_size,
+                                  mesh=args.mesh, max_skipped=args.max_skipped, overwrite=args.overwrite)
     if jax.process_index() == 0:
         print((out / "report.md").read_text())
     return 0 if summary["benchmarks"] else 1

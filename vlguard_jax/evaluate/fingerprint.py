@@ -37,13 +37,17 @@ def model_identity(path: str | os.PathLike) -> str:
 
 
 def describe(model: str | os.PathLike, benchmarks: Sequence[str], data: Sequence[str | os.PathLike],
-             images: str | os.PathLike | None, protocol: Protocol, dtype: str) -> dict:
-    """The fingerprint of one `eval` invocation (paths resolved: `./ckpt` and `ckpt` are one model)."""
+             images: str | os.PathLike | None, protocol: Protocol, dtype: str,
+             image_override: str | os.PathLike | None = None) -> dict:
+    """The fingerprint of one `eval` invocation (paths resolved: `./ckpt` and `ckpt` are one model). An image
+    override (`evaluate.image_override`) is recorded by path and content: another image is another evaluation."""
     return {
         "model": _resolved(model), "model_identity": model_identity(model),
         "benchmarks": list(benchmarks), "data": [str(Path(p).resolve()) for p in data],
         "data_sha256": [_sha256(p)[:16] for p in data],
-        "images": _resolved(images) if images else None,
+        "images": _resolved(images) if images and not image_override else None,  # an override is every image
+        "image_override": str(Path(image_override).resolve()) if image_override else None,
+        "image_override_sha256": _sha256(image_override)[:16] if image_override else None,
         **protocol.record(), "dtype": dtype,
     }
 
@@ -63,12 +67,13 @@ def _sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def check(out_dir: str | os.PathLike, fingerprint: dict) -> bool:
-    """Whether OUT already holds results of `fingerprint`; raises when it holds results of anything else."""
+def check(out_dir: str | os.PathLike, fingerprint: dict, name: str = NAME, what: str = "an evaluation") -> bool:
+    """Whether OUT already holds results of `fingerprint` (recorded in OUT/`name`); raises when it holds results of
+    anything else (`what`: of what kind, for the message)."""
     out_dir = storage.path(out_dir)
-    path = out_dir / NAME
+    path = out_dir / name
     if not path.exists():
-        if _results(out_dir):
+        if name == NAME and _results(out_dir):
             raise ConfigError(f"{out_dir}: holds evaluation results but no {NAME} to say of what; use another "
                               f"--out or --overwrite")
         return False
@@ -80,15 +85,15 @@ def check(out_dir: str | os.PathLike, fingerprint: dict) -> bool:
     differ = [k for k in {**held, **fingerprint} if held.get(k) != fingerprint.get(k)]
     if differ:
         details = "; ".join(f"{k}: {held.get(k)!r} → {fingerprint.get(k)!r}" for k in differ)
-        raise ConfigError(f"{path}: this directory holds an evaluation with other settings ({details}); "
+        raise ConfigError(f"{path}: this directory holds {what} with other settings ({details}); "
                           f"use another --out or --overwrite")
     return True
 
 
-def claim(out_dir: str | os.PathLike, fingerprint: dict) -> None:
+def claim(out_dir: str | os.PathLike, fingerprint: dict, name: str = NAME, what: str = "an evaluation") -> None:
     """Makes OUT hold results of `fingerprint` only: records it on first use, refuses another one."""
-    if not check(out_dir, fingerprint):
-        storage.write_text(storage.path(out_dir) / NAME, json.dumps(fingerprint, indent=1))
+    if not check(out_dir, fingerprint, name, what):
+        storage.write_text(storage.path(out_dir) / name, json.dumps(fingerprint, indent=1))
 
 
 def clear(out_dir: str | os.PathLike) -> None:
