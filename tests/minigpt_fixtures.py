@@ -253,16 +253,14 @@ class MiniGPTv2Reference(nn.Module):
     def embed_tokens(self, token_ids):
         return self.llama_model.base_model.model.model.embed_tokens(token_ids)
 
-    @torch.no_grad()
-    def encode_img(self, pixel_values: np.ndarray) -> torch.Tensor:
-        image = torch.from_numpy(np.asarray(pixel_values, np.float32))
+    def encode_img(self, image: torch.Tensor) -> torch.Tensor:
         image_embeds = self.ln_vision(self.visual_encoder(image))[:, 1:, :]
         bs, pn, hs = image_embeds.shape
         return self.llama_proj(image_embeds.view(bs, pn // 4, hs * 4))
 
-    @torch.no_grad()
-    def logits(self, pixel_values: np.ndarray, segments: list[list[list[int]]]) -> np.ndarray:
-        """get_context_emb per row: text, the row's image, text; then the LoRA-wrapped LLaMA on the embeddings."""
+    def forward(self, pixel_values: torch.Tensor, segments: list[list[list[int]]]) -> torch.Tensor:
+        """get_context_emb per row: text, the row's image, text; then the LoRA-wrapped LLaMA on the embeddings
+        (differentiable in `pixel_values`: the attack's gradient is taken through it)."""
         images = self.encode_img(pixel_values)
         assert len(segments) == len(images)
         rows = []
@@ -271,4 +269,8 @@ class MiniGPTv2Reference(nn.Module):
             before, after = (self.embed_tokens(torch.tensor(s, dtype=torch.long)) for s in segs)
             rows.append(torch.cat([before, img, after], dim=0))
         assert len({r.shape[0] for r in rows}) == 1, [r.shape[0] for r in rows]
-        return self.llama_model(inputs_embeds=torch.stack(rows)).logits.float().numpy()
+        return self.llama_model(inputs_embeds=torch.stack(rows)).logits.float()
+
+    @torch.no_grad()
+    def logits(self, pixel_values: np.ndarray, segments: list[list[list[int]]]) -> np.ndarray:
+        return self(torch.from_numpy(np.asarray(pixel_values, np.float32)), segments).numpy()

@@ -65,7 +65,7 @@ class Targets:
               max_target_tokens: int = 128) -> Targets:
         """`sentences` tokenized as a continuation of the answer (no BOS, no EOS: upstream drops the BOS)."""
         prompt_ids = chat.encode_prompt([Turn("user", prompt)], image=True, image_tokens=image_tokens)
-        encoded = [chat.tokenizer(s, add_special_tokens=False)["input_ids"] for s in sentences]
+        encoded = [chat.encode_text(s) for s in sentences]
         longest = min(max(len(e) for e in encoded), max_target_tokens)
         ids = np.zeros((len(encoded), longest), np.int32)
         for row, tokens in enumerate(encoded):

@@ -106,14 +106,15 @@ def run_attack(model, tokenizer, config: AttackConfig, out: storage.PathLike, pr
             pixels, loss = step(weights, pixels, origin_device, batch)
             losses.append((t + 1, loss))
             done = t + 1 == config.steps
-            if (t + 1) % config.log_every == 0 or done:
+            logging, saving = (t + 1) % config.log_every == 0 or done, (t + 1) % config.save_every == 0 or done
+            if logging or saving:  # the log catches up before each checkpoint: a resumed attack skips no step's loss
                 for logged_step, logged in losses:  # fetched only now: the steps before ran without waiting
                     if leader:
                         log.write({"step": logged_step, "loss": float(_host(logged))})
-                if progress and leader:
-                    print(f"step {t + 1}/{config.steps}: loss {float(_host(loss)):.4f}", flush=True)
                 losses = []
-            if (t + 1) % config.save_every == 0 or done:
+            if logging and progress and leader:
+                print(f"step {t + 1}/{config.steps}: loss {float(_host(loss)):.4f}", flush=True)
+            if saving:
                 _save(manager, t + 1, pixels)
                 if leader:
                     save_png(out / "adversarial.png", quantize(_host(pixels), origin_levels,

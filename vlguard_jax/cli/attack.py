@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     distributed(args)
+    import jax
     import jax.numpy as jnp
 
     from vlguard_jax.attack.run import AttackConfig, run_attack, settings
@@ -69,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     mesh = eval_mesh(args.mesh, args.batch)
     model, tokenizer = load_model_and_tokenizer(args.model, jnp.dtype(args.dtype), mesh=mesh)
     chosen = protocol(args.protocol or PROTOCOL_BY_LAYOUT.get(model.config.layout, "vlguard"))
-    result = run_attack(model, tokenizer, config, args.out, chosen, mesh, settings(args.model, config, chosen,
-                                                                                     args.dtype),
-                        overwrite=args.overwrite)
-    print(f"loss on the corpus: {result['loss_initial_image']:.4f} (initial image) → {result['loss_attacked']:.4f} "
-          f"(attacked) / {result['loss_attacked_8bit']:.4f} (its 8-bit PNG, {args.out}/adversarial.png)")
+    record = settings(args.model, config, chosen, args.dtype)
+    result = run_attack(model, tokenizer, config, args.out, chosen, mesh, record, overwrite=args.overwrite)
+    if jax.process_index() == 0:
+        print(f"loss on the corpus: {result['loss_initial_image']:.4f} (initial image) → {result['loss_attacked']:.4f} "
+              f"(attacked) / {result['loss_attacked_8bit']:.4f} (its 8-bit PNG, {args.out}/adversarial.png)")
     return 0

@@ -279,6 +279,11 @@ class ChatTokenizer:
         self._check_image_tokens(ids, image)
         return self.expand(Encoded(ids, np.zeros_like(ids)), image_tokens if image else 1).input_ids
 
+    def encode_text(self, text: str) -> list[int]:
+        """`text` tokenized alone, without BOS or EOS, as the legacy tokenizer does whatever this one's mode (a
+        leading space keeps its own `▁`): Qi et al.'s targets, `tokenizer(target).input_ids[1:]`."""
+        return self._tokenize_piece(text, first=False)[0]
+
     def _image_count(self, image_tokens: int | None) -> int:
         if image_tokens is not None:
             return image_tokens
