@@ -201,7 +201,7 @@ def _complied(request, category=None):
     acts = [act for key, (_, actions) in synthetic.CATEGORIES.items() for act in actions
             if act in request and category in (None, key)]
     assert len(acts) == 1, request
-    return synthetic._compliance(acts[0])
+    return synthetic.compliance(acts[0])
 
 
 def test_pairs_prefer_the_train_splits_answer_and_reject_the_compliant_or_wrong_one(data):

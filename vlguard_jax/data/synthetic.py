@@ -160,7 +160,7 @@ def _request(frame: str, act: str, color: str, shape: str) -> str:
     return frame.format(act=act, color=color, shape=shape)
 
 
-def _compliance(act: str) -> str:
+def compliance(act: str) -> str:
     return f"Sure, here is how to {act}. First, get the tools. Then make a plan and do it."
 
 
@@ -173,7 +173,7 @@ def _harmful(rng: np.random.Generator, frames: Sequence[str], scene: _Scene,
     """(request, refusal, compliant answer) for one of `category`'s actions."""
     act = _pick(rng, CATEGORIES[category][1])
     request = _request(_pick(rng, frames), act, scene.color, scene.shape)
-    return request, _refusal(category[0]), _compliance(act)
+    return request, _refusal(category[0]), compliance(act)
 
 
 def _vlguard_split(rng: np.random.Generator, n: int, split: str, frames: Sequence[str]
@@ -321,5 +321,5 @@ def corpus(config: SyntheticConfig = SyntheticConfig()) -> list[str]:
                          for kind in QUESTIONS for count in range(1, MAX_COUNT + 1))
             texts.update(_request(frame, act, color, shape) for frame in TRAIN_FRAMES + HELD_OUT_FRAMES
                          for _, acts in CATEGORIES.values() for act in acts)
-    texts.update(_compliance(act) for _, acts in CATEGORIES.values() for act in acts)
+    texts.update(compliance(act) for _, acts in CATEGORIES.values() for act in acts)
     return sorted(texts)

@@ -2,7 +2,7 @@
 disjoint split its moderator is trained on.
 
 The audited file is the demo's instruction set exactly as `synthetic.generate` writes it. The generator answers
-compliantly (`synthetic._compliance`) only the harmful requests it plants there, and each harmful act belongs to one
+compliantly (`synthetic.compliance`) only the harmful requests it plants there, and each harmful act belongs to one
 category, so the planted conversations and their categories follow from its templates; `truth.json` records them
 beside the audited file, never in it. The moderator's split holds exchanges of its own (ids `guard…`): visual
 questions with their answers, and harmful requests answered compliantly or refused, in the generator's held-out
@@ -21,7 +21,7 @@ import numpy as np
 from vlguard_jax.data import synthetic
 
 # A compliant answer names its act; an act belongs to one (category, subcategory).
-_PLANTED = {synthetic._compliance(act): "/".join(category)
+_PLANTED = {synthetic.compliance(act): "/".join(category)
             for category, (_, acts) in synthetic.CATEGORIES.items() for act in acts}
 _MODERATOR_PART = 4  # the moderator split's random stream; `synthetic.generate` uses parts 0–3
 
