@@ -1,5 +1,6 @@
 """The benchmark's stacks are handed the same work: same weights give the same loss on its batch; every engine of
-the evaluation workload generates exactly the scheduled lengths; `run` reports the evaluation ratios."""
+the evaluation workload generates exactly the scheduled lengths; the attack's PGD step and upstream's PyTorch one
+follow the same losses; `run` reports the evaluation and attack ratios."""
 
 import importlib.util
 import json
@@ -186,7 +187,7 @@ def test_run_reports_the_eval_workload_ratios(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_run, "RATIO_SIZE", "tiny")  # the summaries read small's figures by default
     out = tmp_path / "bench.json"
     bench_run.run(["tiny"], out, repeats=1, decode_batches=(), pipeline=False, eval_prompts=6, eval_slots=2,
-                  eval_adapter_prompts=3)
+                  eval_adapter_prompts=3, attack=False)
     results = json.loads(out.read_text())
     figures = results["sizes"]["tiny"]["eval_workload"]
     assert figures["prompts"] == 6 and figures["slots"] == 2
@@ -197,6 +198,52 @@ def test_run_reports_the_eval_workload_ratios(tmp_path, monkeypatch):
     for key in keys:
         assert isinstance(results["ratios"][key], float) and results["ratios"][key] > 0, key
     assert results["ratios"]["eval_workload_vs_torch"] == figures.get("ratio_vs_torch")
+
+
+def test_attack_step_follows_upstreams_pytorch_step_on_the_same_weights(tmp_path):
+    """Same weights, batch and start: the losses agree at step 0 and after two signed steps (which then moved the
+    pixels alike); the minibatch is right-padded targets after one prompt holding the image."""
+    pytest.importorskip("torch")
+    from vlguard_jax.bench import attack_workload as aw
+    from vlguard_jax.bench import theirs
+    from vlguard_jax.checkpoints.hf import load_pretrained
+
+    size = SIZES["tiny"]
+    hf = theirs.build(size)
+    hf.save_pretrained(tmp_path)
+    batch = aw.target_batch(size.model)
+    origin, start = aw.pixels(size.model)
+    assert batch["input_ids"].shape == (aw.ROWS, 1 + size.model.num_image_tokens + aw.PROMPT_TEXT_TOKENS
+                                        + aw.TARGET_TOKENS)
+    assert (batch["input_ids"] == size.model.image_token_id).sum() == aw.ROWS * size.model.num_image_tokens
+    targets = (batch["labels"] >= 0).sum(axis=1)
+    assert targets.max() == aw.TARGET_TOKENS and targets.min() < aw.TARGET_TOKENS  # right padding in use
+    assert 0 < np.abs(start - origin).max() <= aw.BUDGET.epsilon + 1e-6 and start.min() >= 0 and start.max() <= 1
+
+    ours, _ = aw.ours_step(load_pretrained(tmp_path), batch, origin, start)
+    upstream = theirs.attack_step(hf, batch, origin, start, aw.BUDGET, *aw.normalization(size.model))
+    ours_losses = [ours() for _ in range(3)]
+    theirs_losses = [upstream() for _ in range(3)]
+    np.testing.assert_allclose(ours_losses, theirs_losses, rtol=1e-5)
+    assert ours_losses[2] < ours_losses[0]  # the steps descend: a step that ignored its gradient would not
+
+
+def test_run_reports_the_attack_step_ratio(tmp_path, monkeypatch):
+    from vlguard_jax.bench import run as bench_run
+
+    monkeypatch.setattr(bench_run, "_train", lambda *args: {"skipped": "not under test"})
+    monkeypatch.setattr(bench_run, "measured_matmul_peak",
+                        lambda: {"flops_per_s": 1e9, "dtype": "float32", "size": 0})
+    monkeypatch.setattr(bench_run, "RATIO_SIZE", "tiny")
+    out = tmp_path / "bench.json"
+    bench_run.run(["tiny"], out, repeats=1, decode_batches=(), pipeline=False, eval_workload=False)
+    results = json.loads(out.read_text())
+    figures = results["sizes"]["tiny"]["attack_step"]
+    assert figures["rows"] == 8 and figures["epsilon"] == "16/255" and figures["step_s"] > 0
+    if HAS_TORCH:
+        assert figures["torch"]["step_s"] > 0
+        assert figures["ratio_vs_torch"] == pytest.approx(figures["torch"]["step_s"] / figures["step_s"])
+    assert results["ratios"]["attack_step_vs_torch"] == figures.get("ratio_vs_torch")
 
 
 def test_mfu_over_100_percent_is_a_failed_measurement():
@@ -240,7 +287,7 @@ def test_run_divides_by_the_best_probe_and_flags_mfu_over_100_percent(tmp_path, 
                         lambda: {"flops_per_s": next(rates), "dtype": "float32", "size": 0})
     monkeypatch.setattr(bench_run, "RATIO_SIZE", "tiny")
     out = tmp_path / "bench.json"
-    bench_run.run(["tiny"], out, repeats=1, decode_batches=(), pipeline=False, eval_workload=False)
+    bench_run.run(["tiny"], out, repeats=1, decode_batches=(), pipeline=False, eval_workload=False, attack=False)
     results = json.loads(out.read_text())
     assert results["peak"]["probes_flops_per_s"] == [1e9, 2.5e9]
     assert results["peak"]["mfu_peak_flops_per_s"] == 2.5e9

@@ -1,5 +1,5 @@
-"""Runs the benchmark: matmul peak, train steps (LoRA, full), decode, input pipeline; prints a table and writes
-JSON after every measurement (a long run that dies keeps what it measured).
+"""Runs the benchmark: matmul peak, train steps (LoRA, full), decode, evaluation workload, attack step, input
+pipeline; prints a table and writes JSON after every measurement (a long run that dies keeps what it measured).
 
 Model FLOPs come from `plan.train_flops` (stated there: frozen-base LoRA has no weight-gradient matmuls);
 MFU divides them by the step time and the peak (`peak`: the datasheet's on an accelerator, else the best matmul
@@ -18,6 +18,7 @@ import platform
 import jax
 
 from vlguard_jax import storage
+from vlguard_jax.bench import attack_workload
 from vlguard_jax.bench import eval_workload as eval_bench
 from vlguard_jax.bench import ours
 from vlguard_jax.bench.peak import PeakProbes, compute_dtype, datasheet_peak, format_mfu, measured_matmul_peak, mfu
@@ -34,6 +35,7 @@ EVAL_PROMPTS = 12
 EVAL_SLOTS = 4
 EVAL_ADAPTER_PROMPTS = 6
 EVAL_REPEATS_CPU = 1  # the evaluation workload's timed repeats on a CPU, at most (each is minutes there)
+ATTACK_SIZES = ("tiny", "small")  # the sizes the attack step runs on
 
 
 def _write(out: storage.PathLike | None, results: dict) -> None:
@@ -101,10 +103,11 @@ def _torch_side():
 
 def run(sizes: list[str], out: storage.PathLike | None, repeats: int = 3, decode_batches: tuple[int, ...] = (1, 32),
         pipeline: bool = True, eval_workload: bool = True, eval_prompts: int = EVAL_PROMPTS,
-        eval_slots: int = EVAL_SLOTS, eval_adapter_prompts: int = EVAL_ADAPTER_PROMPTS) -> dict:
+        eval_slots: int = EVAL_SLOTS, eval_adapter_prompts: int = EVAL_ADAPTER_PROMPTS, attack: bool = True) -> dict:
     """`eval_*`: the evaluation workload (`bench.eval_workload`) on the EVAL_SIZES among `sizes`: its prompts,
     the slots (= the static engines' batch size; each adapter's in the multi-adapter run) and the prompts each
-    of the K adapters evaluates."""
+    of the K adapters evaluates. `attack`: the attack's PGD step beside upstream's (`bench.attack_workload`) on
+    the ATTACK_SIZES among `sizes`."""
     device = jax.devices()[0]
     torch_side = _torch_side()
     results = {"date": datetime.date.today().isoformat(), "backend": jax.default_backend(),
@@ -137,6 +140,13 @@ def run(sizes: list[str], out: storage.PathLike | None, repeats: int = 3, decode
             entry["eval_workload"] = {"skipped": reason} if reason else _eval_workload(
                 size, torch_side, repeats, eval_prompts, eval_slots, eval_adapter_prompts)
             _print_eval(name, entry["eval_workload"])
+            _write(out, results)
+            gc.collect()
+        if attack and name in ATTACK_SIZES:
+            reason = _skip_reason(size, "attack")
+            entry["attack_step"] = {"skipped": reason} if reason else attack_workload.measure(
+                size, compute_dtype(), torch_side, repeats)
+            _print_attack(name, entry["attack_step"])
             _write(out, results)
             gc.collect()
         _probe(probes, datasheet, results)
@@ -174,7 +184,8 @@ def _summaries(entry: dict, peak: dict) -> tuple[dict, dict]:
               "decode_vs_torch": {k: v.get("ratio_vs_torch") for k, v in decode.items()},
               "eval_workload_vs_static": evaluation.get("ratio_vs_static"),
               "eval_workload_vs_torch": evaluation.get("ratio_vs_torch"),
-              "multi_adapter_vs_sequential": evaluation.get("multi_adapter", {}).get("ratio_vs_sequential")}
+              "multi_adapter_vs_sequential": evaluation.get("multi_adapter", {}).get("ratio_vs_sequential"),
+              "attack_step_vs_torch": entry.get("attack_step", {}).get("ratio_vs_torch")}
     summary = {"peak_flops_per_s": peak["mfu_peak_flops_per_s"], "peak_source": peak["mfu_peak_source"]}
     for mode in ("lora", "full"):
         summary[f"{mode}_train_step"] = train.get(mode, {}).get("mfu")
@@ -216,6 +227,15 @@ def _print_decode(name: str, r: dict, rows: int) -> None:
                f"weights + KV cache")
     _print(f"{name:>5} decode b{rows}: {r['tokens_per_s']:8.1f} tok/s (compile {r['compile_s']:.1f} s), "
            f"{traffic}{torch_part}")
+
+
+def _print_attack(name: str, r: dict) -> None:
+    if "skipped" in r:
+        return _print(f"{name:>5} attack step: skipped ({r['skipped']})")
+    torch_part = (f" | torch {r['torch']['step_s']:.3f} s | ours/torch {r['ratio_vs_torch']:.2f}×"
+                  if "torch" in r else "")
+    _print(f"{name:>5} attack step: {r['step_s']:.3f} s for {r['rows']} rows × {r['seq_len']} tokens "
+           f"(compile {r['compile_s']:.1f} s){torch_part}")
 
 
 def _print_eval(name: str, r: dict) -> None:

@@ -1,5 +1,5 @@
 """The PyTorch stack on the same device and workload: transformers' LLaVA (MiniGPT-v2's own model code for its
-sizes, `theirs_minigpt`), PEFT LoRA, torch AdamW, `generate`.
+sizes, `theirs_minigpt`), PEFT LoRA, torch AdamW, `generate`; Qi et al.'s PGD step on the pixels.
 
 On accelerators it runs as such stacks do: frozen weights in bf16, trainable weights in fp32 under bf16
 autocast; on CPU everything is fp32. Imported only by the benchmark (torch and peft come with the test extra).
@@ -107,6 +107,34 @@ def decode(size: BenchSize, rows: int, prompt_len: int, new_tokens: int) -> tupl
         _sync()
 
     return run, seconds(run)
+
+
+def attack_step(model, batch: dict[str, np.ndarray], origin: np.ndarray, start: np.ndarray, budget,
+                mean: np.ndarray, std: np.ndarray) -> Callable[[], float]:
+    """`run()`: one PGD step as Qi et al.'s `attack_constrained` takes it (llava_llama_2_utils/visual_attacker.py),
+    returning the loss: the frozen model, the perturbation a leaf tensor from `start − origin`, the image
+    normalised and repeated over the rows, forward with labels, backward, a signed step clamped to ±ε and to
+    [0, 1], the gradient zeroed."""
+    model.eval().requires_grad_(False)
+    x = torch.as_tensor(origin, device=device())[None]
+    noise = (torch.as_tensor(start, device=device())[None] - x).requires_grad_(True)
+    mean, std = (torch.as_tensor(v, device=device())[None, :, None, None] for v in (mean, std))
+    ids = torch.as_tensor(batch["input_ids"], device=device()).long()
+    labels = torch.as_tensor(batch["labels"], device=device()).long()
+    mask = torch.as_tensor(batch["attention_mask"], device=device()).long()
+    epsilon, alpha = budget.epsilon, budget.alpha
+
+    def run() -> float:
+        images = ((x + noise - mean) / std).repeat(len(ids), 1, 1, 1).to(_dtype())
+        loss = model(input_ids=ids, attention_mask=mask, pixel_values=images, labels=labels).loss
+        loss.backward()
+        noise.data = (noise.data - alpha * noise.grad.detach().sign()).clamp(-epsilon, epsilon)
+        noise.data = (noise.data + x.data).clamp(0, 1) - x.data
+        noise.grad.zero_()
+        model.zero_grad()
+        return loss.item()
+
+    return run
 
 
 class ForceLengths(LogitsProcessor):

@@ -18,6 +18,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--no-eval-workload", action="store_true",
                        help="skip the evaluation workload (continuous vs static engine vs transformers generate, and "
                             "4 LoRA adapters in one pass vs 4 sequential passes; tiny and small sizes)")
+    bench.add_argument("--no-attack", action="store_true",
+                       help="skip the attack's PGD step beside Qi et al.'s PyTorch step (tiny and small sizes)")
     bench.add_argument("--eval-prompts", type=int, help="prompts of the evaluation workload (default: bench.run's "
                                                          "EVAL_PROMPTS)")
     bench.add_argument("--eval-slots", type=int,
@@ -35,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
     sizes = {k: getattr(args, k) for k in ("eval_prompts", "eval_slots", "eval_adapter_prompts")
              if getattr(args, k) is not None}  # unset: run's defaults
     run(args.sizes, args.out, args.repeats, tuple(args.decode_batch), pipeline=not args.no_pipeline,
-        eval_workload=not args.no_eval_workload, **sizes)
+        eval_workload=not args.no_eval_workload, attack=not args.no_attack, **sizes)
     return 0
