@@ -12,6 +12,7 @@ reads them back to evaluate: on several hosts OUT is a folder they share.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Sequence
 
@@ -21,7 +22,7 @@ from jax.experimental.multihost_utils import sync_global_devices
 
 from vlguard_jax import charts, storage
 from vlguard_jax.attack.image import initial_image, save_png
-from vlguard_jax.attack.pgd import Budget
+from vlguard_jax.attack.pgd import Budget, parse_epsilon
 from vlguard_jax.attack.run import AttackConfig, run_attack, settings
 from vlguard_jax.data.vision_inputs import VisionInputs
 from vlguard_jax.evaluate import judging
@@ -111,11 +112,16 @@ def table(scores: dict, subset: str, models: list[str]) -> str:
 
 
 def _images(by_model: dict, models: list[str]) -> list[str]:
-    """Every image label in first-seen order over the models (the clean image first)."""
-    seen = {CLEAN: None}
-    for name in models:
-        seen.update(dict.fromkeys(by_model.get(name, {})))
-    return list(seen)
+    """Every image label of the models: the clean image, then the budgets from the smallest to unconstrained, then
+    the transferred images likewise."""
+    labels = {label for name in models for label in by_model.get(name, {})}
+
+    def order(label: str):
+        budget, _, source = label.partition(" (from ")
+        epsilon = -1.0 if budget == CLEAN else parse_epsilon(budget)
+        return bool(source), source, math.inf if epsilon is None else epsilon
+
+    return sorted(labels, key=order)
 
 
 def slug(label: str) -> str:
