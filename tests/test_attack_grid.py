@@ -58,7 +58,8 @@ def test_each_cell_is_an_eval_of_the_image_it_names(grid):
         run = json.loads((out / "eval" / model / cell / "run.json").read_text())
         assert run["image_override_sha256"] == sha(image) and run["image_override"] == str(image.resolve())
     assert sha(out / "attacks" / "a_16_255" / "adversarial.png") != sha(out / "attacks" / "a_clean.png")
-    assert sha(out / "attacks" / "a_16_255" / "adversarial.png") == sha(out / "attacks" / "b_16_255" / "adversarial.png")
+    attacks = out / "attacks"
+    assert sha(attacks / "a_16_255" / "adversarial.png") == sha(attacks / "b_16_255" / "adversarial.png")
 
 
 def test_a_rerun_resumes_every_cell(grid):

@@ -72,7 +72,8 @@ def test_start_lies_within_epsilon_and_the_unit_cube_and_follows_the_seed():
 
 
 def upstream_projection(pixels: np.ndarray, origin: np.ndarray, epsilon: float) -> np.ndarray:
-    """visual_attacker.attack_constrained on its noise δ = x_adv − x: clamp(δ, −ε, ε), then clamp(δ + x, 0, 1) − x."""
+    """visual_attacker.attack_constrained on its noise δ = x_adv − x: clamp(δ, −ε, ε), then
+    clamp(δ + x, 0, 1) − x."""
     noise = np.clip(pixels - origin, -epsilon, epsilon)
     noise = np.clip(noise + origin, 0, 1) - origin
     return origin + noise

@@ -29,7 +29,8 @@ def initial_image(source: str, config: ImageConfig, seed: int) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             return resized(to_rgb(image), config)
     except (OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"--image {source}: cannot read it as an image ({e}); give a PNG/JPEG file or 'noise'") from None
+        raise ValueError(f"--image {source}: cannot read it as an image ({e}); give a PNG/JPEG file or "
+                         f"'noise'") from None
 
 
 def quantize(pixels: np.ndarray, origin: np.ndarray, epsilon: float | None) -> np.ndarray:

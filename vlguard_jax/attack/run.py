@@ -28,7 +28,6 @@ from vlguard_jax.attack.corpus import Targets, read_corpus
 from vlguard_jax.attack.image import NOISE, initial_image, quantize, save_png, unit_pixels
 from vlguard_jax.attack.pgd import Budget, make_step, make_sums
 from vlguard_jax.data.chat import ChatTokenizer
-from vlguard_jax.data.mixture import fingerprint as file_fingerprint
 from vlguard_jax.data.vision_inputs import VisionInputs
 from vlguard_jax.evaluate import fingerprint
 from vlguard_jax.evaluate.protocols import Protocol
@@ -56,14 +55,12 @@ class AttackConfig:
 
 def settings(model: str | Path, config: AttackConfig, protocol: Protocol, dtype: str) -> dict:
     """What `attack.json` records: what changes the image (not `steps`: a longer attack continues a shorter one)."""
-    model_path = storage.path(model)
+    noise = config.image == NOISE
     return {
-        "model": str(Path(model).resolve()) if storage.is_local(model) else str(model_path),
-        "model_identity": fingerprint.model_identity(model),
-        "corpus": str(Path(config.corpus).resolve()),
-        "corpus_sha256": file_fingerprint(Path(config.corpus))["sha256"][:16],
-        "image": config.image if config.image == NOISE else str(Path(config.image).resolve()),
-        "image_sha256": None if config.image == NOISE else file_fingerprint(Path(config.image))["sha256"][:16],
+        "model": fingerprint.resolved(model), "model_identity": fingerprint.model_identity(model),
+        "corpus": fingerprint.resolved(config.corpus), "corpus_sha256": fingerprint.sha256(config.corpus)[:16],
+        "image": config.image if noise else fingerprint.resolved(config.image),
+        "image_sha256": None if noise else fingerprint.sha256(config.image)[:16],
         "epsilon": config.budget.label, "alpha": config.budget.alpha, "batch": config.batch, "prompt": config.prompt,
         "seed": config.seed, "max_target_tokens": config.max_target_tokens, "template": protocol.template,
         "image_mode": protocol.image_mode, "dtype": dtype,
@@ -102,7 +99,8 @@ def run_attack(model, tokenizer, config: AttackConfig, out: storage.PathLike, pr
         log = MetricsLog(out, start) if leader else None
         losses, began = [], time.perf_counter()
         for t in range(start, config.steps):
-            batch = {k: place_rows(v, mesh) for k, v in targets.rows(targets.draw(t, config.seed, config.batch)).items()}
+            rows = targets.rows(targets.draw(t, config.seed, config.batch))
+            batch = {k: place_rows(v, mesh) for k, v in rows.items()}
             pixels, loss = step(weights, pixels, origin_device, batch)
             losses.append((t + 1, loss))
             done = t + 1 == config.steps

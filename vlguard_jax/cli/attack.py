@@ -116,8 +116,9 @@ def _single(args: argparse.Namespace, model_path: str, config, mesh) -> int:
     record = settings(model_path, config, chosen, args.dtype)
     result = run_attack(model, tokenizer, config, args.out, chosen, mesh, record, overwrite=args.overwrite)
     if jax.process_index() == 0:
-        print(f"loss on the corpus: {result['loss_initial_image']:.4f} (initial image) → {result['loss_attacked']:.4f} "
-              f"(attacked) / {result['loss_attacked_8bit']:.4f} (its 8-bit PNG, {args.out}/adversarial.png)")
+        print(f"loss on the corpus: {result['loss_initial_image']:.4f} (initial image) → "
+              f"{result['loss_attacked']:.4f} (attacked) / {result['loss_attacked_8bit']:.4f} (its 8-bit PNG, "
+              f"{args.out}/adversarial.png)")
     return 0
 
 

@@ -35,8 +35,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--dry-run", action="store_true",
                           help="print each subset's prompt and skipped-row counts as json; load no model")
     evaluate.add_argument("--images", type=Path, help="image directory or zip (vlguard, figstep, …)")
-    evaluate.add_argument("--image-override", type=Path, metavar="IMAGE",
-                          help="an image file (e.g. an adversarial PNG) shown with every prompt of every benchmark, "
+    evaluate.add_argument("--image-override", type=storage.path, metavar="IMAGE",
+                          help="an image file, local or gs://… (e.g. an adversarial PNG) shown with every prompt of "
+                               "every benchmark, "
                                "in place of its own image and beside text-only prompts (rtp_continuation's); it "
                                "wins over --images; run.json records its path and sha256")
     evaluate.add_argument("--out", help="results directory, a local folder or gs://… (needed but for --dry-run); "

@@ -42,23 +42,26 @@ def describe(model: str | os.PathLike, benchmarks: Sequence[str], data: Sequence
     """The fingerprint of one `eval` invocation (paths resolved: `./ckpt` and `ckpt` are one model). An image
     override (`evaluate.image_override`) is recorded by path and content: another image is another evaluation."""
     return {
-        "model": _resolved(model), "model_identity": model_identity(model),
+        "model": resolved(model), "model_identity": model_identity(model),
         "benchmarks": list(benchmarks), "data": [str(Path(p).resolve()) for p in data],
-        "data_sha256": [_sha256(p)[:16] for p in data],
-        "images": _resolved(images) if images and not image_override else None,  # an override is every image
-        "image_override": str(Path(image_override).resolve()) if image_override else None,
-        "image_override_sha256": _sha256(image_override)[:16] if image_override else None,
+        "data_sha256": [sha256(p)[:16] for p in data],
+        "images": resolved(images) if images and not image_override else None,  # an override is every image
+        "image_override": resolved(image_override) if image_override else None,
+        "image_override_sha256": sha256(image_override)[:16] if image_override else None,
         **protocol.record(), "dtype": dtype,
     }
 
 
-def _resolved(path: str | os.PathLike) -> str:
+def resolved(path: str | os.PathLike) -> str:
     """A local path made absolute (`./ckpt` and `ckpt` are one model); a URI as it is."""
     return str(Path(path).resolve()) if storage.is_local(path) else os.fspath(path)
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    """A data file's sha256; for a data directory (MMLU's), that of its files' relative paths and sha256s."""
+def sha256(path: str | os.PathLike) -> str:
+    """A data file's sha256 (a local file, or an object in a bucket); for a local data directory (MMLU's), that of
+    its files' relative paths and sha256s."""
+    if not storage.is_local(path):
+        return hashlib.sha256(storage.path(path).read_bytes()).hexdigest()
     path = Path(path)
     if not path.is_dir():
         return file_fingerprint(path)["sha256"]

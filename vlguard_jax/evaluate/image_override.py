@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from vlguard_jax import storage
 from vlguard_jax.config import ConfigError
 from vlguard_jax.data.images import ImageError, ImageSource
 from vlguard_jax.evaluate.benchmarks import Benchmark
@@ -24,12 +26,18 @@ def override_images(suite: Sequence[Benchmark], relpath: str) -> list[Benchmark]
 
 
 def override_source(path: str | os.PathLike) -> ImageSource:
-    """The image root of the override image at `path` (its folder), once the image is found to decode: a missing or
-    unreadable file is refused before a model loads."""
-    path = Path(path)
+    """The image root of the override image at `path` (its folder; for an image in a bucket, a local copy's: each
+    host makes its own, so hosts need no shared disk), once the image is found to decode: a missing or unreadable
+    file is refused before a model loads."""
+    path = storage.path(path)
     if not path.is_file():
         raise ConfigError(f"image override {path}: file not found (give an image file, e.g. a PNG)")
-    source = ImageSource(path.parent)
+    if storage.is_local(path):
+        root = Path(path).parent
+    else:
+        root = Path(tempfile.mkdtemp(prefix="image_override_"))
+        (root / path.name).write_bytes(path.read_bytes())
+    source = ImageSource(root)
     try:
         source.load(path.name)
     except ImageError as e:

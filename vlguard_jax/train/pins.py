@@ -96,9 +96,9 @@ def result_settings(config: Config, digest: Callable[[str], str]) -> dict:
 
 def content_digest(path: str) -> str:
     """A data file's sha256 (of a directory: of its files' names and sha256s), shortened."""
-    from vlguard_jax.evaluate.fingerprint import _sha256
+    from vlguard_jax.evaluate.fingerprint import sha256
 
-    return f"sha256 {_sha256(path)[:16]}"
+    return f"sha256 {sha256(path)[:16]}"
 
 
 def flat(config: Config) -> dict:
