@@ -6,7 +6,7 @@ One model is loaded at a time: attacked at each budget (OUT/attacks/MODEL_EPS/, 
 then evaluated with the clean image and every adversarial image made so far for it (OUT/eval/MODEL/IMAGE/, an
 `eval --image-override` directory with its run.json); the model named in `transfer_from` goes first. Re-running
 resumes every part; OUT/robustness.json, .md and .png hold the table. Process 0 writes the images and every process
-reads them back to evaluate: on several hosts OUT is a folder they share.
+reads them back to evaluate: on several hosts OUT is a bucket (`gs://…`) or a folder they share.
 """
 
 from __future__ import annotations
