@@ -12,7 +12,7 @@ from vlguard_jax.evaluate.benchmarks.registry import REGISTRY, Spec, load, paths
 from vlguard_jax.evaluate.benchmarks.safety import ADVBENCH_SUFFIX, FIGSTEP_PROMPT
 
 for _family in ("safety", "vlguard_references", "mm_safetybench", "vlsafe", "jailbreakv", "siuo", "harmful_score",
-                "generic", "jailbreak_llms", "realtoxicityprompts", "mmlu", "alpaca_eval",
+                "generic", "jailbreak_llms", "visual_attack", "mmlu", "alpaca_eval",
                 "tasks"):  # registers them, in listing order
     importlib.import_module(f"{__name__}.{_family}")
 
