@@ -5,7 +5,8 @@ OUT holds `attack.json` (the settings: a re-run with others is refused, so one d
 same command resumes from the newest, and as the minibatches are a function of the step it ends with the image an
 uninterrupted run ends with), `metrics.jsonl` + `tensorboard/` + `loss.png`, `adversarial.png` (the 8-bit image,
 rewritten at each save) and `result.json`: the corpus loss of the initial image, of the attacked pixels and of
-their 8-bit PNG (what the quantisation costs), the largest change in 8-bit levels, and the seconds per step.
+their 8-bit PNG (what the quantisation costs), the largest change in 8-bit levels, and the wall seconds per step
+(the first step's compile included: `bench` times the step alone).
 
 Every process runs the same loop on the same host inputs (the corpus, the draw, the start); each device computes
 its own target rows; process 0 alone writes files other than the checkpoints.
