@@ -91,7 +91,7 @@ def test_the_answer_key_is_the_generators_planted_conversations(audited):
 
 @pytest.mark.slow
 def test_demo_audit_finds_the_planted_data_and_clean_tuning_is_safer(tmp_path):
-    assert main(["demo", "--audit", "--out", str(tmp_path), "--scale", "0.5"]) == 0
+    assert main(["demo", "--audit", "--out", str(tmp_path), "--scale", "0.3"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary) == {"audit", "aligned", "original", "clean"}
     assert set(summary["audit"]) == {"precision", "recall", "flagged", "planted", "conversations",

@@ -14,7 +14,7 @@ from vlguard_jax.train.metrics_log import read_metrics
 
 pytestmark = pytest.mark.slow
 
-STEPS = 40  # long enough to be still running when signalled
+STEPS = 20  # long enough to be still running when signalled (it stops within a step or two of step 5)
 OVERRIDES = ("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "train.epochs=10", f"train.max_steps={STEPS}",
              "train.checkpoint_every=100")
 
