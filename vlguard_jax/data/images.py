@@ -92,8 +92,8 @@ def resized(image: Image.Image, config: ImageConfig, max_pixels: int = MAX_PIXEL
 
 def normalize(pixels: np.ndarray, mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
     """uint8 [H, W, 3] → float32 [3, H, W] in the processors' arithmetic: rescale in float64, normalize in float32."""
-    shape = (3, 1, 1)
-    return (unit_pixels(pixels) - np.reshape(mean, shape).astype(np.float32)) / np.reshape(std, shape).astype(np.float32)
+    mean, std = (np.reshape(v, (3, 1, 1)).astype(np.float32) for v in (mean, std))
+    return (unit_pixels(pixels) - mean) / std
 
 
 def unit_pixels(pixels: np.ndarray) -> np.ndarray:
@@ -254,8 +254,8 @@ class ImageSource:
                 continue
             if info.file_size > self.max_member_bytes:  # zipfile inflates no more than file_size bytes
                 raise self.error(relpath, f"archive member {member!r} is {info.file_size} bytes uncompressed, more "
-                                           f"than max_member_bytes={self.max_member_bytes}; raise it "
-                                           f"(ImageSource(max_member_bytes=...)) to read it")
+                                          f"than max_member_bytes={self.max_member_bytes}; raise it "
+                                          f"(ImageSource(max_member_bytes=...)) to read it")
             return info
         raise self.error(relpath, "not found in the archive")
 
@@ -302,7 +302,7 @@ class ImageSource:
         with image:
             if image.width * image.height > self.max_pixels:
                 raise self.error(relpath, f"decompression bomb: {image.width}x{image.height} pixels is more than "
-                                           f"max_pixels={self.max_pixels}")
+                                          f"max_pixels={self.max_pixels}")
             yield image
 
 
