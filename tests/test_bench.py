@@ -265,7 +265,8 @@ def test_the_peak_is_the_best_probe_or_the_datasheet():
     assert [probes.take() for _ in range(3)] == [1e9, 3e9, 2e9]
     assert probes.reference(None) == {"flops_per_s": 3e9, "source": "best of 3 matmul probes"}
     assert probes.reference(989e12) == {"flops_per_s": 989e12, "source": "datasheet"}
-    kinds = {"NVIDIA H100 80GB HBM3": 989e12,  # the kinds devices report (v5p's is "TPU v5") "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+    # the kinds devices report (v5p's is "TPU v5")
+    kinds = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
              "NVIDIA H200": 989e12, "NVIDIA GH200 480GB": 989e12, "NVIDIA A100-SXM4-40GB": 312e12,
              "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v4": 275e12, "cpu": None}
     assert {kind: datasheet_peak(kind) for kind in kinds} == kinds
