@@ -8,7 +8,6 @@ holding results of other settings is refused in seconds, not after minutes of lo
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -38,7 +37,7 @@ def evaluate_checkpoint(model_path: storage.PathLike, suite: Sequence[Benchmark]
     the devices (`auto_batch_size`); `mesh`: `--mesh`'s spec."""
     out = storage.path(out)
     if image_override is not None:  # a missing or unreadable file is refused before the model loads
-        source, suite = override_source(image_override), override_images(suite, Path(image_override).name)
+        source, suite = override_source(image_override), override_images(suite, storage.path(image_override).name)
     else:
         source = ImageSource(images) if images else None
     run = run_record(model_path, suite, labels, files, protocol, judge_options, images=images,
